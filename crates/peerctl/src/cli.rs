@@ -1,0 +1,82 @@
+//! The command line, as clap definitions (also the source of completions
+//! and man pages).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// peerlink client: send messages through the local peerd, tail the ones
+/// it received, show its links.
+#[derive(Debug, Parser)]
+#[command(name = "peerctl", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// peerd instance [default: the only running one, else `a`].
+    #[arg(
+        short = 'i',
+        long,
+        global = true,
+        env = "PEERD_INSTANCE",
+        value_name = "NAME"
+    )]
+    pub instance: Option<String>,
+    /// Control socket of the daemon [default: see README "Paths"].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0  success (status: every link is up)
+  1  error (the message says what went wrong)
+  2  usage error
+  3  the daemon is not running or cannot be reached
+  4  a link is down (status), or not delivered in time (send --wait)";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send messages to the peer: each argument is one message; with no
+    /// argument (or `-`) each line of stdin is one.
+    Send(SendArgs),
+    /// Show received messages (the last 10 by default).
+    Tail(TailArgs),
+    /// Show the daemon and its links.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Return only once the peer has stored the messages.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (e.g. `5s`, `1m`); the messages
+    /// stay queued and are still delivered later.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Messages; `-` or none: read lines from stdin.
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// How many of the latest messages to show first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+    pub lines: u64,
+    /// Keep showing messages as they arrive.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start at this inbox sequence number instead of the last N.
+    #[arg(long, value_name = "SEQ", conflicts_with = "lines")]
+    pub from: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}

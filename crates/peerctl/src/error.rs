@@ -1,0 +1,47 @@
+//! The client's one error type, and the exit code each error means.
+
+use std::path::PathBuf;
+
+use peerlink::control::ErrorKind;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_DOWN: u8 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(
+        "peerd instance '{instance}' is not running (no socket at {}); start it with \
+         `systemctl start peerd@{instance}` or `peerd {instance}`",
+        path.display()
+    )]
+    NotRunning { instance: String, path: PathBuf },
+    #[error("cannot reach peerd at {}: {source}", path.display())]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("peerd {0}")]
+    Protocol(String),
+    #[error("peerd refused: {message}")]
+    Daemon { kind: ErrorKind, message: String },
+    #[error("{0}")]
+    NotDelivered(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::NotRunning { .. } | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CtlError::NotDelivered(_) => EXIT_DOWN,
+            CtlError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_ERROR,
+        }
+    }
+}

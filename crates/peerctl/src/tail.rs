@@ -1,0 +1,108 @@
+//! `peerctl tail`: print inbox entries, one per line, flushed as they come.
+
+use std::io::Write;
+
+use peerlink::control::{Entry, Request, Response, TailStart};
+
+use crate::cli::TailArgs;
+use crate::client::{Client, Target};
+use crate::error::CtlError;
+
+pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
+    let mut client = Client::connect(target).await?;
+    let start = match args.from {
+        Some(seq) => TailStart::From(seq),
+        None => TailStart::Last(args.lines),
+    };
+    client
+        .send(&Request::Tail {
+            start,
+            follow: args.follow,
+        })
+        .await?;
+    let stdout = std::io::stdout();
+    loop {
+        match client.recv().await? {
+            Response::Entries(entries) => {
+                let mut out = stdout.lock();
+                for e in &entries {
+                    let line = if args.json {
+                        json_line(e)
+                    } else {
+                        text_line(e)
+                    };
+                    writeln!(out, "{line}")?;
+                }
+                out.flush()?;
+            }
+            Response::Gap { from, resume_at } => {
+                eprintln!(
+                    "peerctl: messages {from}..{} are no longer in the inbox (trimmed by inbox_retention); \
+                     continuing at {resume_at}",
+                    resume_at - 1
+                );
+            }
+            Response::CaughtUp { .. } if !args.follow => return Ok(()),
+            Response::CaughtUp { .. } => {}
+            Response::Error { kind, message } => return Err(CtlError::Daemon { kind, message }),
+            other => return Err(CtlError::Protocol(format!("answered tail with {other:?}"))),
+        }
+    }
+}
+
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `TIME ORIGIN BODY`, with control characters in the body escaped so one
+/// message is always one line.
+pub fn text_line(e: &Entry) -> String {
+    let body = String::from_utf8_lossy(&e.body);
+    let mut shown = String::with_capacity(body.len());
+    for c in body.chars() {
+        match c {
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\\' => shown.push_str("\\\\"),
+            c if c.is_control() && c != '\t' => shown.push_str(&c.escape_unicode().to_string()),
+            c => shown.push(c),
+        }
+    }
+    format!("{} {} {}", time(e.received_ms), e.origin, shown)
+}
+
+/// One JSON object; the body as a string (invalid UTF-8 replaced).
+pub fn json_line(e: &Entry) -> String {
+    serde_json::json!({
+        "seq": e.seq,
+        "received": time(e.received_ms),
+        "received_ms": e.received_ms,
+        "sent_ms": e.sent_ms,
+        "origin": e.origin,
+        "origin_seq": e.origin_seq,
+        "body": String::from_utf8_lossy(&e.body),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_one_line() {
+        let e = Entry {
+            seq: 1,
+            received_ms: 0,
+            sent_ms: 0,
+            origin: "b".into(),
+            origin_seq: 1,
+            body: b"two\nlines\\".to_vec(),
+        };
+        assert_eq!(text_line(&e), "1970-01-01T00:00:00.000Z b two\\nlines\\\\");
+        let v: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
+        assert_eq!(v["body"], "two\nlines\\");
+        assert_eq!(v["origin"], "b");
+    }
+}

@@ -1,0 +1,43 @@
+//! `peerd`: keeps one authenticated WebSocket link to each peer daemon and
+//! delivers messages across it exactly once, in order.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! peer session (ws in) ──┐                              ┌──▶ peer session (ws out)
+//! peerctl send ──────────┼──▶ journal: append, assign ──┤
+//!                        │    seq, store, publish       └──▶ peerctl tail
+//! ```
+//!
+//! | module      | owns                                                     |
+//! |-------------|----------------------------------------------------------|
+//! | `config`    | the effective configuration and its file format          |
+//! | `journal`   | outbox, inbox, per-peer delivery state; the only writer  |
+//! | `wire`      | the peer protocol (frames, version, limits)              |
+//! | `handshake` | the Hello exchange                                       |
+//! | `dial`      | dialling a peer                                          |
+//! | `listener`  | accepting peers on `listen`                              |
+//! | `link`      | one task per peer: backoff, collisions, link status      |
+//! | `session`   | one live session: data, acks, heartbeats                 |
+//! | `server`    | the control socket (`peerctl`)                           |
+//! | `service`   | signals (and later systemd, `--daemon`)                  |
+//! | `daemon`    | wiring it all together and shutting it down              |
+
+pub mod backoff;
+pub mod config;
+pub mod daemon;
+pub mod dial;
+pub mod error;
+pub mod handshake;
+pub mod journal;
+pub mod link;
+pub mod listener;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod status;
+pub mod transport;
+pub mod units;
+pub mod wire;
+
+pub use error::{Error, Result};

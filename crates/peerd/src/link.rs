@@ -1,0 +1,244 @@
+//! One link task per peer: it owns that peer's sessions. It dials with
+//! backoff while no session is up, takes sessions the listener accepted,
+//! applies the collision rule when two are up at once, and records the
+//! link's state for `status`.
+//!
+//! # Collision rule (SPEC §3)
+//!
+//! Both nodes listen and both dial, so two sessions between the same pair
+//! can be up at once. Both sides keep the one **dialled by the node with
+//! the smaller name** and close the other with "duplicate link", the same
+//! idea as BGP's collision resolution (RFC 4271 §6.8): each side decides
+//! from facts both know (the two node names), never from timing, so they
+//! always agree without talking. Two sessions dialled by the same node can
+//! only mean that node gave up on the old one (a node never dials while a
+//! session is up), so the newer wins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerlink::control::LinkState;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::config::{Config, Peer};
+use crate::dial;
+use crate::handshake::{self, Established};
+use crate::journal::Journal;
+use crate::session::{self, CloseReason};
+use crate::status::PeerBoard;
+use crate::wire::CLOSE_DUPLICATE;
+
+/// Should a new session dialled by `new_dialler` replace the live one
+/// dialled by `live_dialler`? Pure, so both nodes compute the same answer.
+pub fn new_session_wins(live_dialler: &str, new_dialler: &str) -> bool {
+    live_dialler == new_dialler || new_dialler < live_dialler
+}
+
+/// The link task of one peer.
+pub struct Link {
+    pub cfg: Arc<Config>,
+    pub peer: Peer,
+    pub journal: Journal,
+    pub board: PeerBoard,
+    /// Sessions the listener accepted from this peer.
+    pub offers: mpsc::Receiver<Established>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+struct Live {
+    id: u64,
+    dialled_by: String,
+    close: oneshot::Sender<CloseReason>,
+    since: Instant,
+}
+
+impl Link {
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, String)>();
+        let (dialled_tx, mut dialled_rx) = mpsc::channel::<Result<Established, String>>(1);
+        let mut live: Option<Live> = None;
+        let mut dialling = false;
+        let mut next_dial = Instant::now();
+        let mut next_id = 0u64;
+        let mut sessions = 0u64;
+        loop {
+            let may_dial = live.is_none() && !dialling;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                Some(est) = self.offers.recv() => {
+                    self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx);
+                }
+                Some(result) = dialled_rx.recv() => {
+                    dialling = false;
+                    match result {
+                        Ok(est) => self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx),
+                        Err(e) => {
+                            if live.is_none() {
+                                next_dial = self.schedule(&mut backoff, &e);
+                            }
+                        }
+                    }
+                }
+                Some((id, why)) = ended_rx.recv() => {
+                    if live.as_ref().is_some_and(|l| l.id == id) {
+                        let Some(l) = live.take() else { continue };
+                        if l.since.elapsed() >= self.cfg.dead_after {
+                            backoff.reset();
+                        }
+                        tracing::warn!(peer = %self.peer.name, "link down: {why}");
+                        next_dial = self.schedule(&mut backoff, &why);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_dial), if may_dial => {
+                    dialling = true;
+                    self.board.update(|s| {
+                        if s.state != LinkState::Connected {
+                            s.state = LinkState::Connecting;
+                            s.next_attempt_ms = None;
+                        }
+                    });
+                    let (cfg, journal, peer, tx) =
+                        (self.cfg.clone(), self.journal.clone(), self.peer.clone(), dialled_tx.clone());
+                    let shutdown = self.shutdown.clone();
+                    self.tracker.spawn(async move {
+                        let timeout = cfg.handshake_timeout;
+                        let r = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            r = tokio::time::timeout(timeout, dial::dial(&cfg, &journal, &peer)) => r,
+                        };
+                        let r = r.unwrap_or_else(|_| {
+                            Err(format!("no handshake within {}", humantime::format_duration(timeout)))
+                        });
+                        let _ = tx.send(r).await;
+                    });
+                }
+            }
+        }
+        if let Some(l) = live.take() {
+            let _ = l.close.send(CloseReason::GoingAway);
+        }
+    }
+
+    /// Record a failure and pick when to dial next.
+    fn schedule(&self, backoff: &mut Backoff, error: &str) -> Instant {
+        let delay = backoff.next_delay();
+        tracing::debug!(peer = %self.peer.name, "{error}; next attempt in {}", humantime::format_duration(round_ms(delay)));
+        self.board.error(error);
+        self.board.update(|s| {
+            s.state = LinkState::Backoff;
+            s.direction = None;
+            s.remote_addr = None;
+            s.connected_since_ms = None;
+            s.rtt_us = None;
+            s.next_attempt_ms = Some(peerlink::now_ms() + delay.as_millis() as u64);
+        });
+        Instant::now() + delay
+    }
+
+    /// A session finished its handshake: keep it or refuse it.
+    fn offer(
+        &self,
+        est: Established,
+        live: &mut Option<Live>,
+        next_id: &mut u64,
+        sessions: &mut u64,
+        ended: &mpsc::UnboundedSender<(u64, String)>,
+    ) {
+        if let Some(l) = live.as_ref() {
+            if !new_session_wins(&l.dialled_by, &est.dialled_by) {
+                tracing::debug!(peer = %self.peer.name, "duplicate link dialled by {}: closing it", est.dialled_by);
+                self.tracker
+                    .spawn(handshake::refuse(est.ws, CLOSE_DUPLICATE, "duplicate link"));
+                return;
+            }
+            if let Some(old) = live.take() {
+                tracing::debug!(peer = %self.peer.name, "duplicate link dialled by {}: replacing it", old.dialled_by);
+                let _ = old.close.send(CloseReason::Duplicate);
+            }
+        }
+        *next_id += 1;
+        let id = *next_id;
+        let (close_tx, close_rx) = oneshot::channel();
+        tracing::info!(
+            peer = %self.peer.name,
+            remote = %est.remote,
+            "link up ({:?}, dialled by {})",
+            est.direction,
+            est.dialled_by
+        );
+        let now = peerlink::now_ms();
+        self.board.update(|s| {
+            s.state = LinkState::Connected;
+            s.direction = Some(est.direction);
+            s.remote_addr = Some(est.remote.to_string());
+            s.connected_since_ms = Some(now);
+            s.last_handshake_ms = Some(now);
+            s.next_attempt_ms = None;
+            if *sessions > 0 {
+                s.reconnects += 1;
+            }
+        });
+        *sessions += 1;
+        *live = Some(Live {
+            id,
+            dialled_by: est.dialled_by.clone(),
+            close: close_tx,
+            since: Instant::now(),
+        });
+        let ctx = session::Session {
+            cfg: self.cfg.clone(),
+            peer: self.peer.name.clone(),
+            journal: self.journal.clone(),
+            board: self.board.clone(),
+        };
+        let ended = ended.clone();
+        self.tracker.spawn(async move {
+            let why = ctx.run(est, close_rx).await;
+            let _ = ended.send((id, why));
+        });
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_session_wins;
+
+    #[test]
+    fn smaller_dialler_wins_on_both_sides() {
+        // Sessions S1 (dialled by a) and S2 (dialled by b), in either order.
+        // Whichever arrived first, the survivor is S1.
+        assert!(
+            new_session_wins("b", "a"),
+            "S2 live, S1 arrives: S1 replaces it"
+        );
+        assert!(
+            !new_session_wins("a", "b"),
+            "S1 live, S2 arrives: S2 is refused"
+        );
+        // The rule does not depend on which node evaluates it: it has no
+        // "me" argument at all, so a and b cannot disagree.
+    }
+
+    #[test]
+    fn same_dialler_newest_wins() {
+        assert!(new_session_wins("a", "a"));
+        assert!(new_session_wins("b", "b"));
+    }
+
+    #[test]
+    fn names_compare_bytewise() {
+        assert!(new_session_wins("node-10", "node-1"));
+        assert!(!new_session_wins("node-1", "node-10"));
+        assert!(new_session_wins("b", "a1"));
+    }
+}

@@ -1,0 +1,159 @@
+//! The WebSocket listener: accepts connections on `listen`, upgrades them
+//! at `path`, runs the listener's side of the Hello exchange and hands the
+//! session to the link task of the peer that introduced itself.
+//!
+//! Every connection is bounded before it costs anything: at most
+//! `max_pending_handshakes` handshakes at once (a permit is taken before
+//! the connection is read; over the limit it is closed at once), each
+//! within `handshake_timeout`, and no WebSocket message larger than a peer
+//! frame is buffered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerlink::control::Direction;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::handshake::{self, Established};
+use crate::journal::Journal;
+use crate::transport::{Io, ws_config};
+use crate::wire::{PeerFrame, SUBPROTOCOL};
+
+/// What the listener needs to hand sessions on.
+pub struct Accepting {
+    pub cfg: Arc<Config>,
+    pub journal: Journal,
+    /// The link task of each peer, by node name.
+    pub links: HashMap<String, mpsc::Sender<Established>>,
+}
+
+/// Accept until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<Accepting>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(ctx.cfg.max_pending_handshakes));
+    let mut refused_logged = false;
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a bit
+                    // instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(
+                    "too many pending handshakes ({}); refusing connections until some finish",
+                    ctx.cfg.max_pending_handshakes
+                );
+                refused_logged = true;
+            }
+            drop(tcp);
+            continue;
+        };
+        refused_logged = false;
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let timeout = ctx.cfg.handshake_timeout;
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(timeout, accept(tcp, remote, &ctx)) => r,
+            };
+            drop(permit);
+            match result {
+                Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
+                Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
+                Ok(Ok(est)) => {
+                    if let Some(link) = ctx.links.get(&est.hello.node) {
+                        let _ = link.send(est).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Upgrade and handshake one connection.
+#[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+async fn accept(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    ctx: &Accepting,
+) -> Result<Established, String> {
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = Box::new(tcp);
+    let path = ctx.cfg.path.clone();
+    let mut wants_peer = false;
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != path {
+            let mut e =
+                ErrorResponse::new(Some(format!("no WebSocket endpoint here; use {path}\n")));
+            *e.status_mut() = StatusCode::NOT_FOUND;
+            return Err(e);
+        }
+        let offered = req
+            .headers()
+            .get_all("Sec-WebSocket-Protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == SUBPROTOCOL);
+        if offered {
+            wants_peer = true;
+            resp.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        Ok(resp)
+    };
+    let mut ws =
+        tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(ws_config(&ctx.cfg)))
+            .await
+            .map_err(|e| format!("websocket upgrade: {e}"))?;
+    if !wants_peer {
+        handshake::refuse_protocol(
+            ws,
+            "plain WebSocket clients are not accepted yet; use subprotocol peerlink.v1",
+        )
+        .await;
+        return Err("plain WebSocket client refused".into());
+    }
+    let hello = match handshake::read_frame(&mut ws).await? {
+        PeerFrame::Hello(h) => h,
+        _ => return Err("peer sent data before its Hello".into()),
+    };
+    if let Err(e) = handshake::check_hello(&hello, None, &ctx.cfg) {
+        handshake::refuse_protocol(ws, &e).await;
+        return Err(e);
+    }
+    let mine = handshake::hello_for(&ctx.cfg, &ctx.journal, &hello.node);
+    handshake::send_frame(&mut ws, &PeerFrame::Hello(mine)).await?;
+    Ok(Established {
+        ws,
+        dialled_by: hello.node.clone(),
+        hello,
+        direction: Direction::Inbound,
+        remote,
+        local,
+    })
+}

@@ -1,0 +1,314 @@
+//! The control server: `peerctl`'s side of the control socket (protocol in
+//! `peerlink::control`). One task per client; a misbehaving client gets an
+//! error reply and is disconnected, and nothing it does reaches another
+//! client or the links.
+//!
+//! Requests are pipelined: a client may send many `Send`s without waiting,
+//! and replies come back in order. A `Tail` turns the connection into a
+//! stream that reads the journal at the client's own pace, so a slow reader
+//! holds no buffer and stalls nobody.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use peerlink::control::{
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TailStart,
+};
+use peerlink::endpoint::{RecvHalf, SendHalf};
+use peerlink::frame::{self, FrameError, Reader, Writer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::journal::{Journal, JournalError};
+use crate::status::PeerBoard;
+
+/// Entries per `Entries` reply while catching up.
+const TAIL_CHUNK: usize = 1000;
+
+/// What the control server answers from.
+pub struct Control {
+    pub cfg: Arc<Config>,
+    pub journal: Journal,
+    pub boards: Vec<PeerBoard>,
+    pub started_ms: u64,
+    pub listen: String,
+    pub socket: String,
+    pub state_dir: String,
+}
+
+/// Serve clients until `shutdown`.
+pub async fn run(
+    listener: Listener,
+    ctx: Arc<Control>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok(conn) => {
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = serve(conn, &ctx) => {}
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
+
+async fn serve(conn: Stream, ctx: &Control) {
+    let (rx, tx) = peerlink::endpoint::split(conn);
+    let mut reader = frame::reader(rx, MAX_FRAME);
+    let mut writer = frame::writer(tx, MAX_FRAME);
+    // Hello first.
+    match frame::recv::<Request, _>(&mut reader).await {
+        Ok(Some(Request::Hello { version, .. })) if version == PROTOCOL_VERSION => {
+            let hello = Response::Hello {
+                version: PROTOCOL_VERSION,
+                daemon_version: peerlink::VERSION.to_string(),
+                instance: ctx.cfg.instance.clone(),
+            };
+            if frame::send(&mut writer, &hello).await.is_err() {
+                return;
+            }
+        }
+        Ok(Some(Request::Hello { version, .. })) => {
+            let message = format!(
+                "control protocol version mismatch: peerctl speaks {version}, peerd {} speaks {PROTOCOL_VERSION}",
+                peerlink::VERSION
+            );
+            let _ = frame::send(
+                &mut writer,
+                &Response::Error {
+                    kind: ErrorKind::Version,
+                    message,
+                },
+            )
+            .await;
+            return;
+        }
+        Ok(Some(_)) => {
+            return bad_request(&mut writer, "the first request must be Hello".into()).await;
+        }
+        Ok(None) => return,
+        Err(e) => return bad_request(&mut writer, e.to_string()).await,
+    }
+    let mut replies: FuturesOrdered<Replies> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            req = frame::recv::<Request, _>(&mut reader), if reading => match req {
+                Ok(None) => reading = false,
+                Err(FrameError::Io(_)) => return,
+                Err(e) => {
+                    flush_replies(&mut replies, &mut writer).await;
+                    return bad_request(&mut writer, e.to_string()).await;
+                }
+                Ok(Some(Request::Send { bodies, wait })) => replies.push_back(Box::pin(send(ctx.journal.clone(), ctx.cfg.max_message, bodies, wait))),
+                Ok(Some(Request::Status)) => {
+                    let status = status(ctx);
+                    replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
+                }
+                Ok(Some(Request::Tail { start, follow })) => {
+                    flush_replies(&mut replies, &mut writer).await;
+                    return tail(ctx, start, follow, reader, writer).await;
+                }
+                Ok(Some(Request::Hello { .. })) => {
+                    flush_replies(&mut replies, &mut writer).await;
+                    return bad_request(&mut writer, "Hello sent twice".into()).await;
+                }
+            },
+            Some(out) = replies.next() => {
+                for r in &out {
+                    if frame::send(&mut writer, r).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+async fn flush_replies(replies: &mut FuturesOrdered<Replies>, writer: &mut Writer<SendHalf>) {
+    while let Some(out) = replies.next().await {
+        for r in &out {
+            let _ = frame::send(writer, r).await;
+        }
+    }
+}
+
+async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
+    tracing::info!("control client refused: {message}");
+    let _ = frame::send(
+        writer,
+        &Response::Error {
+            kind: ErrorKind::BadRequest,
+            message,
+        },
+    )
+    .await;
+}
+
+async fn send(
+    journal: Journal,
+    max_message: u64,
+    bodies: Vec<Vec<u8>>,
+    wait: bool,
+) -> Vec<Response> {
+    if let Some((i, b)) = bodies
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.len() as u64 > max_message)
+    {
+        let message = format!(
+            "message {} is {} bytes, over max_message ({max_message} bytes); nothing in this batch was queued",
+            i + 1,
+            b.len()
+        );
+        return vec![Response::Error {
+            kind: ErrorKind::Rejected,
+            message,
+        }];
+    }
+    if bodies.is_empty() {
+        let next = *journal.watch_outbox().borrow();
+        return vec![Response::Sent {
+            first: next,
+            last: next - 1,
+        }];
+    }
+    let mut acked = journal.watch_acked();
+    match journal.append_outbox(bodies).await {
+        Ok((first, last)) => {
+            let mut out = vec![Response::Sent { first, last }];
+            if wait {
+                if acked.wait_for(|v| *v > last).await.is_err() {
+                    out.push(Response::Error {
+                        kind: ErrorKind::ShuttingDown,
+                        message: "daemon shutting down".into(),
+                    });
+                } else {
+                    out.push(Response::Delivered { upto: last });
+                }
+            }
+            out
+        }
+        Err(e @ JournalError::OutboxFull { .. }) => vec![Response::Error {
+            kind: ErrorKind::OutboxFull,
+            message: e.to_string(),
+        }],
+        Err(e @ JournalError::Closed) => vec![Response::Error {
+            kind: ErrorKind::ShuttingDown,
+            message: e.to_string(),
+        }],
+    }
+}
+
+fn status(ctx: &Control) -> Status {
+    let peers = ctx
+        .boards
+        .iter()
+        .map(|b| {
+            let mut s = b.snapshot();
+            let (msgs, bytes, oldest) = ctx.journal.queued(&s.name);
+            s.queued_msgs = msgs;
+            s.queued_bytes = bytes;
+            s.oldest_queued_ms = oldest;
+            s
+        })
+        .collect();
+    Status {
+        instance: ctx.cfg.instance.clone(),
+        node: ctx.cfg.node.clone(),
+        version: peerlink::VERSION.to_string(),
+        pid: std::process::id(),
+        started_ms: ctx.started_ms,
+        now_ms: peerlink::now_ms(),
+        listen: ctx.listen.clone(),
+        socket: ctx.socket.clone(),
+        state_dir: ctx.state_dir.clone(),
+        journal: ctx.journal.status(),
+        peers,
+    }
+}
+
+/// Stream inbox entries from `start`, then (with `follow`) live ones.
+async fn tail(
+    ctx: &Control,
+    start: TailStart,
+    follow: bool,
+    mut reader: Reader<RecvHalf>,
+    mut writer: Writer<SendHalf>,
+) {
+    let mut watch = ctx.journal.watch_inbox();
+    let head = *watch.borrow_and_update();
+    let mut next = match start {
+        TailStart::From(seq) => seq.max(1),
+        TailStart::Last(n) => head.saturating_sub(n).max(1),
+    };
+    let mut caught_up = false;
+    loop {
+        let read = ctx
+            .journal
+            .read_inbox(next, TAIL_CHUNK, (MAX_FRAME / 2) as u64);
+        if read.first > next {
+            // Only a gap in what was asked for: history before the inbox
+            // began at 1 was never there to lose.
+            let gap = Response::Gap {
+                from: next,
+                resume_at: read.first,
+            };
+            if frame::send(&mut writer, &gap).await.is_err() {
+                return;
+            }
+            next = read.first;
+        }
+        if let Some(last) = read.entries.last().map(|e| e.seq) {
+            next = last + 1;
+            if frame::send(&mut writer, &Response::Entries(read.entries))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        if !caught_up {
+            caught_up = true;
+            if frame::send(&mut writer, &Response::CaughtUp { next })
+                .await
+                .is_err()
+                || !follow
+            {
+                return;
+            }
+        }
+        // Wait for more, or for the client to go away.
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() { return },
+            r = frame::recv::<Request, _>(&mut reader) => {
+                if let Ok(Some(_)) = r {
+                    bad_request(&mut writer, "no requests are taken while tailing".into()).await;
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Living as a process: signals now; systemd notification and `--daemon`
+//! belong here too.
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancel `token` on the first SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+        });
+    }
+    Ok(())
+}

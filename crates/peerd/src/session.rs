@@ -1,0 +1,264 @@
+//! One live peer session: records flow out from the journal's outbox and
+//! in to its inbox, acks flow back, pings measure RTT and liveness.
+//!
+//! Three loops run together and the session ends when any of them does:
+//!
+//! - **receive**: reads frames; hands `Data` to the journal (without
+//!   waiting for it to be stored) and queues the pending write for the ack
+//!   loop; applies `Ack`s; measures RTT from pongs. Nothing it does can
+//!   block on the sending side, so two nodes sending to each other at full
+//!   speed cannot deadlock.
+//! - **ack**: waits for each inbox write in order and publishes the
+//!   cumulative ack: an ack never goes out before the write is stored.
+//! - **send**: owns the socket's sending half; sends batches of outbox
+//!   records within a window of unacknowledged bytes, the latest ack,
+//!   pings, and the close frame.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::config::Config;
+use crate::handshake::Established;
+use crate::journal::{Journal, JournalError};
+use crate::status::PeerBoard;
+use crate::transport::Ws;
+use crate::wire::{BATCH_TARGET, CLOSE_DUPLICATE, FRAME_OVERHEAD, PeerFrame, Record};
+
+/// Unacknowledged bytes a sender may have in flight.
+const WINDOW_BYTES: u64 = 16 << 20;
+/// Unacknowledged batches a sender may have in flight.
+const WINDOW_BATCHES: usize = 256;
+
+/// Why the link task closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It lost the collision rule.
+    Duplicate,
+    /// The daemon is shutting down.
+    GoingAway,
+}
+
+/// What a session runs with.
+pub struct Session {
+    pub cfg: Arc<Config>,
+    pub peer: String,
+    pub journal: Journal,
+    pub board: PeerBoard,
+}
+
+type Pending = std::pin::Pin<Box<dyn Future<Output = Result<u64, JournalError>> + Send>>;
+
+impl Session {
+    /// Run until the session ends; returns why, in one line.
+    pub async fn run(self, est: Established, close: oneshot::Receiver<CloseReason>) -> String {
+        let my_epoch = self.journal.epoch();
+        let peer_epoch = est.hello.epoch;
+        // Where to resume: the peer told us what it expects next. If it
+        // knows our epoch, everything below that is in its inbox already.
+        let start = if est.hello.expect_epoch == my_epoch {
+            self.journal.ack(&self.peer, est.hello.expect_next);
+            est.hello.expect_next.max(self.journal.outbox_first())
+        } else {
+            self.journal
+                .peer(&self.peer)
+                .acked_next
+                .max(self.journal.outbox_first())
+        };
+        let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
+        let (sink, stream) = est.ws.split();
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
+        let (acked_tx, acked_rx) = watch::channel(start);
+        let result = tokio::select! {
+            r = self.receive(stream, peer_epoch, pending_tx, acked_tx) => r,
+            r = acks(pending_rx, ack_out_tx) => r,
+            r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => r,
+        };
+        match result {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e,
+        }
+    }
+
+    async fn receive(
+        &self,
+        mut stream: SplitStream<Ws>,
+        peer_epoch: u64,
+        pending: mpsc::UnboundedSender<Pending>,
+        acked: watch::Sender<u64>,
+    ) -> Result<(), String> {
+        let dead_after = self.cfg.dead_after;
+        loop {
+            let msg = match tokio::time::timeout(dead_after, stream.next()).await {
+                Err(_) => {
+                    return Err(format!(
+                        "nothing received for {}",
+                        humantime::format_duration(dead_after)
+                    ));
+                }
+                Ok(None) => return Err("connection closed".into()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Binary(bytes) => match PeerFrame::decode(&bytes)
+                    .map_err(|e| format!("bad frame from peer: {e}"))?
+                {
+                    PeerFrame::Data { epoch, records } => {
+                        if epoch != peer_epoch {
+                            return Err(format!(
+                                "data of epoch {epoch} in a session of epoch {peer_epoch}"
+                            ));
+                        }
+                        let n = records.len() as u64;
+                        let b: u64 = records.iter().map(|r| r.body.len() as u64).sum();
+                        self.board.update(|s| {
+                            s.msgs_received += n;
+                            s.bytes_received += b;
+                        });
+                        let write = self.journal.append_inbox(self.peer.clone(), epoch, records);
+                        let _ = pending.send(Box::pin(write));
+                    }
+                    PeerFrame::Ack { epoch, next } => {
+                        if epoch == self.journal.epoch() {
+                            self.journal.ack(&self.peer, next);
+                            acked.send_if_modified(|v| {
+                                let grew = next > *v;
+                                *v = (*v).max(next);
+                                grew
+                            });
+                        }
+                    }
+                    PeerFrame::Hello(_) => return Err("unexpected Hello in a live session".into()),
+                },
+                Message::Pong(p) => {
+                    if let Ok(sent) = <[u8; 8]>::try_from(&p[..]) {
+                        let rtt = now_us().saturating_sub(u64::from_be_bytes(sent));
+                        self.board.update(|s| s.rtt_us = Some(rtt));
+                    }
+                }
+                Message::Close(f) => {
+                    let why = f
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_default();
+                    return Err(format!("peer closed the link: {why}"));
+                }
+                Message::Ping(_) | Message::Frame(_) => {}
+                Message::Text(_) => return Err("text frame in a peer session".into()),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        mut sink: SplitSink<Ws, Message>,
+        start: u64,
+        peer_epoch: u64,
+        peer_max_frame: u64,
+        mut ack_out: watch::Receiver<u64>,
+        mut acked: watch::Receiver<u64>,
+        mut close: oneshot::Receiver<CloseReason>,
+    ) -> Result<(), String> {
+        let mut outbox = self.journal.watch_outbox();
+        let mut ping = tokio::time::interval(self.cfg.heartbeat);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let my_epoch = self.journal.epoch();
+        let batch_bytes = BATCH_TARGET.min(peer_max_frame - FRAME_OVERHEAD);
+        let mut next = start;
+        // (last seq of a batch, its bytes) for every unacknowledged batch.
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut in_flight_bytes = 0u64;
+        loop {
+            let acked_to = *acked.borrow_and_update();
+            while in_flight.front().is_some_and(|(last, _)| *last < acked_to) {
+                if let Some((_, b)) = in_flight.pop_front() {
+                    in_flight_bytes -= b;
+                }
+            }
+            let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
+            if window_open {
+                outbox.borrow_and_update();
+                let records = self.journal.read_outbox(next, batch_bytes);
+                if let Some(last) = records.last().map(|r| r.seq) {
+                    let bytes = body_bytes(&records);
+                    let n = records.len() as u64;
+                    next = last + 1;
+                    send(
+                        &mut sink,
+                        &PeerFrame::Data {
+                            epoch: my_epoch,
+                            records,
+                        },
+                    )
+                    .await?;
+                    in_flight.push_back((last, bytes));
+                    in_flight_bytes += bytes;
+                    self.board.update(|s| {
+                        s.msgs_sent += n;
+                        s.bytes_sent += bytes;
+                    });
+                    continue;
+                }
+            }
+            tokio::select! {
+                reason = &mut close => {
+                    let (code, why) = match reason {
+                        Ok(CloseReason::Duplicate) => (CLOSE_DUPLICATE, "duplicate link"),
+                        Ok(CloseReason::GoingAway) | Err(_) => (1001, "going away"),
+                    };
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: why.into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                    return Err(format!("closed: {why}"));
+                }
+                Ok(()) = ack_out.changed() => {
+                    let next = *ack_out.borrow_and_update();
+                    send(&mut sink, &PeerFrame::Ack { epoch: peer_epoch, next }).await?;
+                }
+                Ok(()) = acked.changed() => {}
+                Ok(()) = outbox.changed(), if window_open => {}
+                _ = ping.tick() => {
+                    let stamp = now_us().to_be_bytes();
+                    sink.send(Message::Ping(stamp.to_vec().into())).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+}
+
+/// Wait for each inbox write in order and publish the ack it earns.
+async fn acks(
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    ack_out: watch::Sender<u64>,
+) -> Result<(), String> {
+    while let Some(write) = pending.recv().await {
+        let next = write.await.map_err(|e| e.to_string())?;
+        ack_out.send_replace(next);
+    }
+    // The receive loop ended first; its error is the one that counts.
+    std::future::pending().await
+}
+
+async fn send(sink: &mut SplitSink<Ws, Message>, frame: &PeerFrame) -> Result<(), String> {
+    let bytes = frame.encode().map_err(|e| e.to_string())?;
+    sink.send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn body_bytes(records: &[Record]) -> u64 {
+    records.iter().map(|r| r.body.len() as u64).sum()
+}
+
+fn now_us() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}

@@ -1,0 +1,254 @@
+//! The control protocol between `peerctl` and `peerd`.
+//!
+//! # Wire format
+//!
+//! | layer   | what                                                          |
+//! |---------|---------------------------------------------------------------|
+//! | socket  | Unix socket (named pipe `peerd-<i>` on Windows), see `paths`  |
+//! | frame   | 4-byte big-endian length, then the body ([`crate::frame`])    |
+//! | body    | one [`Request`] or [`Response`], [`crate::codec`]-encoded     |
+//!
+//! # Conversation
+//!
+//! 1. The client sends [`Request::Hello`] with [`PROTOCOL_VERSION`]; the
+//!    daemon answers [`Response::Hello`] with its own. Versions must be
+//!    equal; on a mismatch the daemon replies [`ErrorKind::Version`] and
+//!    closes, and `peerctl` says which versions differ. The Hello is the
+//!    one message whose layout is frozen across versions (it is the first
+//!    variant of each enum), so the mismatch is always readable.
+//! 2. Then any number of requests. Replies come in request order, so a
+//!    client may pipeline (`peerctl send` streams batches without waiting).
+//!    - `Send` → `Sent` once the bodies are durable in the outbox, and with
+//!      `wait` a later `Delivered` once every peer has acknowledged them.
+//!    - `Tail` → `Entries` (possibly several), `Gap` where history was
+//!      trimmed or a follower fell behind, `CaughtUp` once the history is
+//!      out; with `follow`, `Entries` keep coming until the client closes.
+//!    - `Status` → `Status`.
+//!
+//! # Limits and trust
+//!
+//! The socket is mode 0600 (0660 under a service manager): whoever can open
+//! it may send and read messages. Even so, every frame is bounded by
+//! [`MAX_FRAME`]; a frame over it, an undecodable frame or an unexpected
+//! request gets an [`Response::Error`] and the connection is closed, while
+//! the daemon and its other clients carry on.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to [`Request`] or [`Response`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest control frame either side sends or accepts.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// How many bytes of bodies `peerctl` puts in one `Send` request, leaving
+/// room in [`MAX_FRAME`] for the framing and per-body overhead.
+pub const SEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Must be first; states the client's protocol version.
+    Hello { version: u32, client: String },
+    /// Append these messages to the outbox.
+    Send { bodies: Vec<Vec<u8>>, wait: bool },
+    /// Read the inbox.
+    Tail { start: TailStart, follow: bool },
+    /// The daemon's and its links' state.
+    Status,
+}
+
+/// Where a `Tail` starts reading the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TailStart {
+    /// The last N messages (N = 0: only new ones).
+    Last(u64),
+    /// From this inbox sequence number on.
+    From(u64),
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello {
+        version: u32,
+        daemon_version: String,
+        instance: String,
+    },
+    /// The bodies of one `Send` are durable with outbox sequence numbers
+    /// `first..=last` (`first > last` for an empty request).
+    Sent {
+        first: u64,
+        last: u64,
+    },
+    /// Every peer has acknowledged everything up to and including `upto`.
+    Delivered {
+        upto: u64,
+    },
+    Entries(Vec<Entry>),
+    /// Messages `from..resume_at` are not available (trimmed by retention,
+    /// or the follower fell too far behind); reading resumes at `resume_at`.
+    Gap {
+        from: u64,
+        resume_at: u64,
+    },
+    /// History is out; with `follow`, live messages follow.
+    CaughtUp {
+        next: u64,
+    },
+    Status(Box<Status>),
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Why a request failed; `peerctl` maps these to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Protocol versions differ.
+    Version,
+    /// Undecodable, oversized or unexpected frame.
+    BadRequest,
+    /// A message is larger than `max_message` or empty.
+    Rejected,
+    /// The outbox is at `outbox_limit`.
+    OutboxFull,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// Something inside the daemon failed (disk, ...).
+    Internal,
+}
+
+/// One received message, as `tail` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in this node's inbox (what `tail --from` takes).
+    pub seq: u64,
+    /// When this node received it (ms since the epoch).
+    pub received_ms: u64,
+    /// When the sender accepted it (ms since the epoch).
+    pub sent_ms: u64,
+    /// Who sent it: a peer's node name or `client:<addr>`.
+    pub origin: String,
+    /// The sender's sequence number (0 for plain clients).
+    pub origin_seq: u64,
+    pub body: Vec<u8>,
+}
+
+/// `peerctl status`: the daemon and each of its links.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub now_ms: u64,
+    pub listen: String,
+    pub socket: String,
+    pub state_dir: String,
+    pub journal: JournalStatus,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Journal counters shown in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStatus {
+    pub durable: bool,
+    pub epoch: u64,
+    /// Next outbox sequence number to be assigned.
+    pub outbox_next: u64,
+    /// Next inbox sequence number to be assigned.
+    pub inbox_next: u64,
+    /// Oldest inbox sequence number still kept.
+    pub inbox_first: u64,
+}
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkState {
+    Connected,
+    Connecting,
+    Backoff,
+}
+
+/// Who opened the live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// We dialled the peer.
+    Outbound,
+    /// The peer dialled us.
+    Inbound,
+}
+
+/// One peer link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub url: String,
+    pub state: LinkState,
+    pub direction: Option<Direction>,
+    pub remote_addr: Option<String>,
+    /// Our end of the live session's TCP connection.
+    pub local_addr: Option<String>,
+    pub connected_since_ms: Option<u64>,
+    pub last_handshake_ms: Option<u64>,
+    pub rtt_us: Option<u64>,
+    pub next_attempt_ms: Option<u64>,
+    pub msgs_sent: u64,
+    pub bytes_sent: u64,
+    pub msgs_received: u64,
+    pub bytes_received: u64,
+    pub queued_msgs: u64,
+    pub queued_bytes: u64,
+    pub oldest_queued_ms: Option<u64>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn hello_layout_is_frozen() {
+        // The version check only works if an old client can read a new
+        // daemon's Hello: variant 0, then the version as a varint.
+        let bytes = codec::encode(&Response::Hello {
+            version: 1,
+            daemon_version: "x".into(),
+            instance: "a".into(),
+        })
+        .unwrap();
+        assert_eq!(&bytes[..2], &[0, 1]);
+        let bytes = codec::encode(&Request::Hello {
+            version: 1,
+            client: String::new(),
+        })
+        .unwrap();
+        assert_eq!(&bytes[..2], &[0, 1]);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Status,
+            Request::Send {
+                bodies: vec![b"hi".to_vec(), vec![]],
+                wait: true,
+            },
+            Request::Tail {
+                start: TailStart::From(3),
+                follow: true,
+            },
+        ] {
+            assert_eq!(
+                codec::decode::<Request>(&codec::encode(&r).unwrap()).unwrap(),
+                r
+            );
+        }
+    }
+}
