@@ -40,7 +40,6 @@ pub async fn dial(cfg: &Config, journal: &Journal, peer: &Peer) -> Result<Establ
     let _ = tcp.set_nodelay(true);
     let remote = tcp.peer_addr().map_err(|e| e.to_string())?;
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
-    let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let io: Box<dyn Io> = Box::new(tcp);
     let (mut ws, response) =
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config(cfg)))

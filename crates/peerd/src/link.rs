@@ -134,6 +134,7 @@ impl Link {
             s.state = LinkState::Backoff;
             s.direction = None;
             s.remote_addr = None;
+            s.local_addr = None;
             s.connected_since_ms = None;
             s.rtt_us = None;
             s.next_attempt_ms = Some(peerlink::now_ms() + delay.as_millis() as u64);
@@ -177,6 +178,7 @@ impl Link {
             s.state = LinkState::Connected;
             s.direction = Some(est.direction);
             s.remote_addr = Some(est.remote.to_string());
+            s.local_addr = Some(est.local.to_string());
             s.connected_since_ms = Some(now);
             s.last_handshake_ms = Some(now);
             s.next_attempt_ms = None;

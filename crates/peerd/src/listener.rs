@@ -100,6 +100,7 @@ async fn accept(
     ctx: &Accepting,
 ) -> Result<Established, String> {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let io: Box<dyn Io> = Box::new(tcp);
     let path = ctx.cfg.path.clone();
     let mut wants_peer = false;
