@@ -1,1 +1,508 @@
-//! placeholder
+//! Fixtures for the end-to-end tests: real `peerd` processes on loopback
+//! ports with temp dirs, driven by the real `peerctl`.
+//!
+//! - The binaries are built by `cargo build` the first time a test asks for
+//!   them (in the same target dir and profile as the test itself), so the
+//!   tests never run a stale binary, whichever way they were started.
+//! - Each [`Daemon`] owns its process: unique temp dir, `PEERD_*` removed
+//!   from the environment, log captured to a file, killed and reaped on
+//!   drop. When a wait fails, the logs of the daemons involved are printed.
+//! - Nothing sleeps a fixed time: [`wait_until`] polls a condition until a
+//!   deadline.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Exit codes of peerctl (README "Exit status").
+pub const EXIT_UNREACHABLE: i32 = 3;
+pub const EXIT_DOWN: i32 = 4;
+
+struct Bins {
+    peerd: PathBuf,
+    peerctl: PathBuf,
+}
+
+fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // The test binary lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile name");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "peerd",
+                "-p",
+                "peerctl",
+                "--target-dir",
+            ])
+            .arg(target_dir);
+        if profile == "debug" {
+        } else {
+            cmd.args(["--profile", profile]);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of peerd and peerctl failed");
+        let ext = std::env::consts::EXE_SUFFIX;
+        Bins {
+            peerd: profile_dir.join(format!("peerd{ext}")),
+            peerctl: profile_dir.join(format!("peerctl{ext}")),
+        }
+    })
+}
+
+/// Path of the freshly built `peerd`.
+pub fn peerd_bin() -> &'static Path {
+    &bins().peerd
+}
+
+/// Path of the freshly built `peerctl`.
+pub fn peerctl_bin() -> &'static Path {
+    &bins().peerctl
+}
+
+/// A loopback port that was free a moment ago. (The daemon binds it
+/// itself; [`Daemon::start`] retries on the rare collision.)
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Poll `cond` until it holds or `timeout` passes; panics with `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Fast timers so tests see reconnects and failures quickly.
+pub const FAST_TIMERS: &str = r#"
+heartbeat = "200ms"
+dead_after = "2s"
+handshake_timeout = "2s"
+backoff_min = "20ms"
+backoff_max = "300ms"
+"#;
+
+/// A temp dir holding the files of a set of daemons.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        // Short paths: Unix socket paths must stay under 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("pl")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        Sandbox { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Config text for node `name` listening on `port` with `peers`
+    /// (name, port), plus `extra` keys.
+    pub fn config(name: &str, port: u16, peers: &[(&str, u16)], extra: &str) -> String {
+        let mut s = format!("listen = \"127.0.0.1:{port}\"\n{FAST_TIMERS}\n{extra}\n");
+        for (p, port) in peers {
+            s.push_str(&format!(
+                "[[peer]]\nname = \"{p}\"\nurl = \"ws://127.0.0.1:{port}/ws\"\n"
+            ));
+        }
+        let _ = name;
+        s
+    }
+
+    /// Files of daemon `name` in this sandbox.
+    pub fn spec(&self, name: &str, config: &str) -> Spec {
+        let dir = self.path();
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config).expect("write config");
+        Spec {
+            name: name.to_string(),
+            config: cfg,
+            socket: dir.join(format!("{name}.sock")),
+            state: dir.join(format!("{name}-state")),
+            log: dir.join(format!("{name}.log")),
+        }
+    }
+}
+
+/// Where a daemon keeps its files.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running `peerd`, killed on drop.
+pub struct Daemon {
+    pub spec: Spec,
+    child: Option<Child>,
+}
+
+impl Spec {
+    /// `peerctl` pointed at this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl_cmd(&self.socket)
+            .args(args)
+            .output()
+            .expect("run peerctl")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `peerctl --socket SOCKET` with a clean environment.
+pub fn ctl_cmd(socket: &Path) -> Command {
+    let mut c = Command::new(peerctl_bin());
+    c.arg("--socket").arg(socket);
+    prune_env(&mut c);
+    c
+}
+
+fn prune_env(c: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("PEERD_")
+            || k == "NOTIFY_SOCKET"
+            || k == "RUNTIME_DIRECTORY"
+            || k == "STATE_DIRECTORY"
+        {
+            c.env_remove(&k);
+        }
+    }
+}
+
+impl Daemon {
+    /// Start `peerd` and wait until its control socket answers.
+    pub fn start(spec: &Spec) -> Daemon {
+        let mut d = Self::spawn(spec, &[]);
+        d.wait_ready();
+        d
+    }
+
+    /// Start `peerd` with extra arguments, without waiting.
+    pub fn spawn(spec: &Spec, extra: &[&str]) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .expect("open log");
+        let mut c = Command::new(peerd_bin());
+        c.arg(&spec.name)
+            .arg("--config")
+            .arg(&spec.config)
+            .arg("--socket")
+            .arg(&spec.socket)
+            .arg("--state-dir")
+            .arg(&spec.state)
+            .args(extra)
+            .env("PEERD_LOG", "info,peerd=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        prune_env(&mut c);
+        let child = c.spawn().expect("spawn peerd");
+        Daemon {
+            spec: spec.clone(),
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Wait until `peerctl status` answers (exit 0 or "link down").
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "peerd {} exited during start ({st}); log:\n{}",
+                        self.spec.name,
+                        self.spec.log()
+                    );
+                }
+            }
+            let out = self.spec.ctl(&["status", "--json"]);
+            if matches!(out.status.code(), Some(0) | Some(EXIT_DOWN)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "peerd {} not ready in 20s; log:\n{}",
+                    self.spec.name,
+                    self.spec.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `peerctl status --json`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.spec.ctl(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status of {} is not JSON ({e}): {}{}",
+                self.spec.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// The status record of peer `name`.
+    pub fn peer(&self, name: &str) -> Value {
+        self.status()["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Send messages as arguments; panics unless peerctl succeeds.
+    pub fn send(&self, msgs: &[&str]) {
+        let mut args = vec!["send"];
+        args.extend_from_slice(msgs);
+        let out = self.spec.ctl(&args);
+        assert!(
+            out.status.success(),
+            "send failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Send each line of `input` through stdin.
+    pub fn send_stdin(&self, input: &str) -> Output {
+        use std::io::Write;
+        let mut child = ctl_cmd(&self.spec.socket)
+            .arg("send")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peerctl send");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let out = child.wait_with_output().expect("peerctl send");
+        let _ = writer.join();
+        out
+    }
+
+    /// The whole inbox, as `tail --json` lines.
+    pub fn inbox(&self) -> Vec<Value> {
+        let out = self.spec.ctl(&["tail", "--from", "1", "--json"]);
+        assert!(
+            out.status.success(),
+            "tail failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("tail --json line"))
+            .collect()
+    }
+
+    /// Bodies of the inbox, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.inbox()
+            .iter()
+            .map(|e| e["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Wait until the link to `peer` is connected.
+    pub fn wait_connected(&self, peer: &str) {
+        self.wait(
+            Duration::from_secs(20),
+            &format!("{} connected to {peer}", self.spec.name),
+            |d| d.peer(peer)["state"] == "Connected",
+        );
+    }
+
+    /// Wait for a condition on this daemon; prints the log on failure.
+    pub fn wait(&self, timeout: Duration, what: &str, mut cond: impl FnMut(&Daemon) -> bool) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(timeout, what, || cond(self))
+        }));
+        if let Err(e) = r {
+            eprintln!("--- log of {} ---\n{}", self.spec.name, self.spec.log());
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// Send a signal (Unix) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    /// Wait for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "peerd {} did not exit within {timeout:?}; log:\n{}",
+                    self.spec.name,
+                    self.spec.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two daemons `a` and `b` linked to each other on fresh ports.
+pub struct Pair {
+    pub sandbox: Sandbox,
+    pub a: Spec,
+    pub b: Spec,
+    pub a_port: u16,
+    pub b_port: u16,
+}
+
+impl Pair {
+    /// Write the configs of a and b (with `extra` keys for both).
+    pub fn new(extra: &str) -> Pair {
+        let sandbox = Sandbox::new();
+        let (a_port, b_port) = (free_port(), free_port());
+        let a = sandbox.spec("a", &Sandbox::config("a", a_port, &[("b", b_port)], extra));
+        let b = sandbox.spec("b", &Sandbox::config("b", b_port, &[("a", a_port)], extra));
+        Pair {
+            sandbox,
+            a,
+            b,
+            a_port,
+            b_port,
+        }
+    }
+
+    /// Start both and wait until each sees the other connected.
+    pub fn start_linked(&self) -> (Daemon, Daemon) {
+        let a = Daemon::start(&self.a);
+        let b = Daemon::start(&self.b);
+        a.wait_connected("b");
+        b.wait_connected("a");
+        (a, b)
+    }
+}
+
+/// A `peerctl tail -f --json` running in the background; lines arrive on a
+/// channel so the test can wait on them with a deadline.
+pub struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    pub fn start(spec: &Spec, args: &[&str]) -> Follower {
+        let mut child = ctl_cmd(&spec.socket)
+            .args(["tail", "-f", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn peerctl tail -f");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines: rx }
+    }
+
+    /// The next line, parsed, or None after `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Value> {
+        self.lines
+            .recv_timeout(timeout)
+            .ok()
+            .map(|l| serde_json::from_str(&l).expect("tail --json line"))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: real `peerd` processes on loopback, driven by the real
+//! `peerctl` (fixtures in `tests/support`).
+
+mod cli;
+mod link;
