@@ -56,8 +56,7 @@ fn bins() -> &'static Bins {
                 "--target-dir",
             ])
             .arg(target_dir);
-        if profile == "debug" {
-        } else {
+        if profile != "debug" {
             cmd.args(["--profile", profile]);
         }
         let status = cmd.status().expect("run cargo build");
@@ -263,14 +262,12 @@ impl Daemon {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "peerd {} exited during start ({st}); log:\n{}",
-                        self.spec.name,
-                        self.spec.log()
-                    );
-                }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "peerd {} exited during start ({st}); log:\n{}",
+                    self.spec.name,
+                    self.spec.log()
+                );
             }
             let out = self.spec.ctl(&["status", "--json"]);
             if matches!(out.status.code(), Some(0) | Some(EXIT_DOWN)) {
