@@ -1,7 +1,7 @@
 # peerlink: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test lint unit e2e clean
+.PHONY: all build demo test lint clean bench
 
 all: build
 
@@ -23,3 +23,10 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+## bench: release build, then throughput/latency/memory of real daemons
+## against the bare WebSocket ceiling (SPEC §10). Results in
+## target/bench/results.json. Not a test: it asserts nothing.
+bench:
+	$(CARGO) build --release -p peerd -p peerctl -p peerlink-bench
+	target/release/peerlink-bench $(BENCH_ARGS)

@@ -1,0 +1,55 @@
+//! The machine's ceiling: a bare tokio-tungstenite stream over loopback
+//! moving the same messages, no journal, no control socket. Every
+//! throughput number is also reported as a ratio to this, measured in the
+//! same run, so the ratios hold on a noisy machine.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Messages per flush in the batched ceiling.
+pub const BATCH: u64 = 1024;
+
+/// Move `n` binary messages of `size` bytes; returns the elapsed time.
+pub async fn run(size: usize, n: u64, batch: u64) -> Result<Duration> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+        let mut got = 0u64;
+        while got < n {
+            match ws.next().await {
+                Some(Ok(Message::Binary(_))) => got += 1,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => break,
+            }
+        }
+        anyhow::Ok((got, Instant::now()))
+    });
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await?;
+    let body = bytes_of(size);
+    let start = Instant::now();
+    for i in 0..n {
+        ws.feed(Message::Binary(body.clone())).await?;
+        if (i + 1) % batch == 0 {
+            ws.flush().await?;
+        }
+    }
+    ws.flush().await?;
+    let (got, end) = server.await.context("ceiling server")??;
+    anyhow::ensure!(got == n, "ceiling: {got} of {n} arrived");
+    let _ = ws.close(None).await;
+    Ok(end - start)
+}
+
+fn bytes_of(size: usize) -> tokio_tungstenite::tungstenite::Bytes {
+    vec![b'x'; size].into()
+}

@@ -1,0 +1,364 @@
+//! `make bench` (SPEC §10): starts real `peerd` pairs on loopback and
+//! measures, in one run,
+//!
+//! - end-to-end throughput from `peerctl send` (a stdin stream) on a to b's
+//!   inbox, for 64 B, 1 KiB and 64 KiB messages (median of 3 runs);
+//! - latency send → arrival at b (`peerctl tail -f` on b) at fixed offered
+//!   rates: p50, p99, p99.9;
+//! - RSS of each daemon idle and at peak;
+//! - the drain rate of a backlog queued while b was down;
+//! - the same machine's ceiling: a bare tokio-tungstenite stream of the
+//!   same messages (batched flushes), with every throughput also given as
+//!   a ratio to it.
+//!
+//! Results go to `target/bench/results.json` and a table on stdout. This is
+//! a tool, not a test: it asserts nothing about speed.
+
+mod ceiling;
+mod daemons;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use daemons::{Pair, message_file};
+
+const RUNS: usize = 3;
+
+struct Plan {
+    sizes: Vec<(usize, u64)>,
+    rates: Vec<(u64, Duration)>,
+    backlog: u64,
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let out_path = std::env::args()
+        .skip_while(|a| a != "--out")
+        .nth(1)
+        .unwrap_or_else(|| "target/bench/results.json".into());
+    let plan = if quick {
+        Plan {
+            sizes: vec![(64, 200_000), (1024, 50_000), (65536, 1_000)],
+            rates: vec![
+                (1_000, Duration::from_secs(1)),
+                (10_000, Duration::from_secs(1)),
+            ],
+            backlog: 100_000,
+        }
+    } else {
+        Plan {
+            sizes: vec![(64, 2_000_000), (1024, 300_000), (65536, 5_000)],
+            rates: vec![
+                (1_000, Duration::from_secs(5)),
+                (10_000, Duration::from_secs(5)),
+            ],
+            backlog: 1_000_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    let mut results = serde_json::Map::new();
+
+    // Throughput, with the ceiling measured right before each size.
+    let mut tput = Vec::new();
+    for &(size, n) in &plan.sizes {
+        let mut ceil = Vec::new();
+        for _ in 0..RUNS {
+            let d = rt.block_on(ceiling::run(size, n, ceiling::BATCH))?;
+            ceil.push(n as f64 / d.as_secs_f64());
+        }
+        let ceiling = median(&mut ceil);
+        let mut rates = Vec::new();
+        let mut rss = Vec::new();
+        for run in 0..RUNS {
+            let (rate, mem) =
+                throughput(size, n).with_context(|| format!("throughput {size} B, run {run}"))?;
+            eprintln!("  {size} B run {}: {:.0} msgs/s", run + 1, rate);
+            rates.push(rate);
+            rss.push(mem);
+        }
+        let all = rates.clone();
+        let rate = median(&mut rates);
+        let mb = rate * size as f64 / 1e6;
+        rows.push(format!(
+            "{:<28}{:>14.0}{:>10.1}{:>14.0}{:>8.3}",
+            format!("throughput {}", human_size(size)),
+            rate,
+            mb,
+            ceiling,
+            rate / ceiling
+        ));
+        tput.push(json!({
+            "size": size, "messages": n, "runs_msgs_per_s": all,
+            "msgs_per_s": rate, "mb_per_s": mb,
+            "ceiling_msgs_per_s": ceiling, "ceiling_runs": ceil, "ceiling_mb_per_s": ceiling * size as f64 / 1e6,
+            "ratio_to_ceiling": rate / ceiling, "rss": rss,
+        }));
+    }
+    results.insert("throughput".into(), Value::Array(tput));
+
+    let mut lat = Vec::new();
+    for &(rate, dur) in &plan.rates {
+        let (p50, p99, p999, n) =
+            latency(rate, dur).with_context(|| format!("latency at {rate}/s"))?;
+        rows.push(format!(
+            "{:<28}p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({n} msgs)",
+            format!("latency at {rate}/s"),
+            p50,
+            p99,
+            p999
+        ));
+        lat.push(
+            json!({"offered_per_s": rate, "seconds": dur.as_secs_f64(), "messages": n,
+            "p50_ms": p50, "p99_ms": p99, "p999_ms": p999}),
+        );
+    }
+    results.insert("latency".into(), Value::Array(lat));
+
+    let backlog = backlog(plan.backlog).context("backlog")?;
+    rows.push(format!(
+        "{:<28}{:>14.0} msgs/s drain ({} msgs queued in {:.2}s)",
+        "backlog drain 64 B",
+        backlog["drain_msgs_per_s"].as_f64().unwrap_or(0.0),
+        plan.backlog,
+        backlog["queue_seconds"].as_f64().unwrap_or(0.0)
+    ));
+    results.insert("backlog".into(), backlog);
+
+    let machine = json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "date_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "quick": quick,
+    });
+    let doc = json!({"machine": machine, "results": results});
+    if let Some(dir) = std::path::Path::new(&out_path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&doc)?)?;
+
+    println!(
+        "\n{:<28}{:>14}{:>10}{:>14}{:>8}",
+        "", "msgs/s", "MB/s", "ceiling/s", "ratio"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    print_rss(&doc);
+    println!("\nresults: {out_path}");
+    Ok(())
+}
+
+fn print_rss(doc: &Value) {
+    let mut idle = 0u64;
+    let mut peak = 0u64;
+    for t in doc["results"]["throughput"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for r in t["rss"].as_array().into_iter().flatten() {
+            idle = idle.max(r["idle_max"].as_u64().unwrap_or(0));
+            peak = peak.max(r["peak_max"].as_u64().unwrap_or(0));
+        }
+    }
+    peak = peak.max(doc["results"]["backlog"]["peak_max"].as_u64().unwrap_or(0));
+    println!(
+        "{:<28}idle {:.1} MiB, peak {:.1} MiB (largest of either daemon)",
+        "RSS per daemon",
+        idle as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn human_size(b: usize) -> String {
+    if b >= 1024 {
+        format!("{} KiB", b / 1024)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Stream `n` messages of `size` bytes through `peerctl send` on a; time
+/// until all are in b's inbox. Returns msgs/s and memory readings.
+fn throughput(size: usize, n: u64) -> Result<(f64, Value)> {
+    let pair = Pair::start("")?;
+    let file = message_file(pair.dir.path(), size, n)?;
+    let idle = (pair.a.rss(), pair.b.rss());
+    let start = Instant::now();
+    let mut send = pair
+        .a
+        .ctl_cmd()
+        .arg("send")
+        .stdin(std::fs::File::open(&file)?)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut sent = false;
+    let deadline = start + Duration::from_secs(600);
+    loop {
+        if let (false, Some(st)) = (sent, send.try_wait()?) {
+            if !st.success() {
+                bail!("peerctl send failed: {st}");
+            }
+            sent = true;
+        }
+        if sent && pair.b.inbox_next()? > n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not delivered within 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    let peak = (pair.a.rss(), pair.b.rss());
+    let mem = json!({
+        "a_idle": idle.0.map(|r| r.0), "b_idle": idle.1.map(|r| r.0),
+        "a_peak": peak.0.map(|r| r.1), "b_peak": peak.1.map(|r| r.1),
+        "idle_max": idle.0.map(|r| r.0).max(idle.1.map(|r| r.0)),
+        "peak_max": peak.0.map(|r| r.1).max(peak.1.map(|r| r.1)),
+    });
+    Ok((n as f64 / elapsed.as_secs_f64(), mem))
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Offer `rate` 64-byte messages/s for `dur` through `peerctl send` on a;
+/// `peerctl tail -f` on b stamps arrivals. Returns p50/p99/p99.9 in ms.
+fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
+    let pair = Pair::start("")?;
+    let mut tail = pair
+        .b
+        .ctl_cmd()
+        .args(["tail", "-f", "--json", "-n", "0"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = tail.stdout.take().context("tail stdout")?;
+    let total = (rate as f64 * dur.as_secs_f64()) as usize;
+    let (tx, rx) = std::sync::mpsc::channel::<Option<f64>>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let now = now_us();
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            let sent: Option<u64> = v["body"]
+                .as_str()
+                .and_then(|b| b.split(' ').next())
+                .and_then(|t| t.parse().ok());
+            if tx
+                .send(sent.map(|s| now.saturating_sub(s) as f64 / 1000.0))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    // Wait until the follower is attached: a probe must come back.
+    let attach = Instant::now();
+    loop {
+        pair.a.ctl(&["send", "probe"])?;
+        if let Ok(None) = rx.recv_timeout(Duration::from_millis(500)) {
+            break;
+        }
+        if attach.elapsed() > Duration::from_secs(20) {
+            bail!("tail -f on b never showed the probe");
+        }
+    }
+    let mut send = pair.a.ctl_cmd().arg("send").stdin(Stdio::piped()).spawn()?;
+    let mut stdin = send.stdin.take().context("send stdin")?;
+    let start = Instant::now();
+    let per_ms = rate as f64 / 1000.0;
+    let mut written = 0usize;
+    while written < total {
+        let due = ((start.elapsed().as_secs_f64() * 1000.0) * per_ms) as usize + 1;
+        let mut buf = Vec::new();
+        while written < due.min(total) {
+            let mut line = format!("{} ", now_us());
+            while line.len() < 64 {
+                line.push('x');
+            }
+            line.push('\n');
+            buf.extend_from_slice(line.as_bytes());
+            written += 1;
+        }
+        if !buf.is_empty() {
+            stdin.write_all(&buf)?;
+            stdin.flush()?;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    drop(stdin);
+    send.wait()?;
+    let mut lat = Vec::with_capacity(total);
+    while lat.len() < total {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(ms)) => lat.push(ms),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    // The first 5% include the follower catching up; leave them out.
+    let skip = lat.len() / 20;
+    let mut lat: Vec<f64> = lat.drain(skip..).collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok((pct(0.5), pct(0.99), pct(0.999), lat.len()))
+}
+
+/// Queue `n` 64-byte messages on a while b is down, start b, time the drain.
+fn backlog(n: u64) -> Result<Value> {
+    let mut pair = Pair::start("")?;
+    pair.b.stop();
+    let file = message_file(pair.dir.path(), 64, n)?;
+    let t = Instant::now();
+    let st = pair
+        .a
+        .ctl_cmd()
+        .arg("send")
+        .stdin(std::fs::File::open(&file)?)
+        .status()?;
+    if !st.success() {
+        bail!("peerctl send of the backlog failed: {st}");
+    }
+    let queue_seconds = t.elapsed().as_secs_f64();
+    let a_queued = pair.a.rss();
+    let start = Instant::now();
+    pair.b.spawn()?;
+    let deadline = start + Duration::from_secs(600);
+    while pair.b.inbox_next()? <= n {
+        if Instant::now() > deadline {
+            bail!("backlog not drained within 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drain = start.elapsed().as_secs_f64();
+    let peak = (pair.a.rss(), pair.b.rss());
+    Ok(json!({
+        "messages": n, "queue_seconds": queue_seconds, "drain_seconds": drain,
+        "drain_msgs_per_s": n as f64 / drain,
+        "a_rss_with_backlog": a_queued.map(|r| r.0),
+        "peak_max": peak.0.map(|r| r.1).max(peak.1.map(|r| r.1)),
+    }))
+}
