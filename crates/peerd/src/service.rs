@@ -1,5 +1,8 @@
-//! Living as a process: signals now; systemd notification and `--daemon`
-//! belong here too.
+//! Living as a process: signals here; systemd notification in
+//! [`notify`]; the classic `--daemon` detach in [`detach`].
+
+pub mod detach;
+pub mod notify;
 
 use tokio_util::sync::CancellationToken;
 
