@@ -41,8 +41,8 @@ pub fn wanted() -> bool {
 }
 
 /// Send READY=1 with a first STATUS= line, then keep STATUS= current and
-/// feed the watchdog until `shutdown`, and say STOPPING=1 then. Does
-/// nothing when no service manager listens. Call from inside the runtime.
+/// feed the watchdog until `shutdown`. Does nothing when no service
+/// manager listens. Call from inside the runtime.
 pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
     if !wanted() {
         return;
@@ -62,10 +62,8 @@ pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
         dog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    notifier.send(&[Note::Stopping, Note::Status("stopping")]);
-                    return;
-                }
+                // STOPPING=1 was sent by the signal handler ([`stopping`]).
+                _ = shutdown.cancelled() => return,
                 _ = status_tick.tick() => {
                     let now = status_of(&boards);
                     if now != last {
@@ -77,6 +75,14 @@ pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// Send STOPPING=1: shutdown has begun. Does nothing when no service
+/// manager listens.
+pub fn stopping() {
+    if wanted() {
+        Notifier { failed: false }.send(&[Note::Stopping, Note::Status("stopping")]);
+    }
 }
 
 /// Half the interval the unit's `WatchdogSec=` asks for, if it does.
@@ -155,11 +161,9 @@ pub fn status_line(peers: &[PeerStatus], now_ms: u64) -> String {
                     }
                 }
             }
-            if p.state != LinkState::Connected {
-                if let Some(e) = &p.last_error {
-                    s.push_str(", ");
-                    s.push_str(e);
-                }
+            if let (false, Some(e)) = (p.state == LinkState::Connected, &p.last_error) {
+                s.push_str(", ");
+                s.push_str(e);
             }
             s
         })
