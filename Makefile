@@ -66,7 +66,7 @@ install:
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
-	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 ## verify-units: `systemd-analyze verify` on the unit (installed into a
 ## temp prefix with the debug binaries, since verify checks that ExecStart

@@ -97,6 +97,7 @@ pub fn detach(_: &Options) -> std::io::Result<Side> {
 #[cfg(unix)]
 pub fn detach(opts: &Options) -> std::io::Result<Side> {
     use daemonize::{Daemonize, Outcome};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::net::UnixStream;
 
     for p in [&opts.pidfile, &opts.log_file] {
@@ -107,6 +108,7 @@ pub fn detach(opts: &Options) -> std::io::Result<Side> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(&opts.log_file)
         .map_err(|e| {
             std::io::Error::new(
