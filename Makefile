@@ -1,7 +1,7 @@
 # peerlink: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test lint clean bench
+.PHONY: all build demo test lint clean bench release install uninstall verify-units
 
 all: build
 
@@ -16,6 +16,7 @@ demo: build
 ## test: formatting, lints, unit and end-to-end tests.
 test: lint
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory verify-units
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -23,6 +24,67 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+## --- Installing (README "Running as a service") ----------------------
+## `make release` builds; `make install` only copies what is built, so
+## `sudo make install` needs no Rust toolchain for root. BIN_DIR picks the
+## binaries (the tests install the debug ones). The installed files are
+## listed in README "Running as a service"; tests/e2e/service.rs checks
+## that the two agree.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BIN_DIR ?= target/release
+BINDIR = $(PREFIX)/bin
+UNITDIR = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+DOCDIR = $(PREFIX)/share/doc/peerlink
+INSTALL ?= install
+
+INSTALLED = $(BINDIR)/peerd $(BINDIR)/peerctl \
+	$(UNITDIR)/peerd@.service $(SYSUSERSDIR)/peerd.conf \
+	$(DOCDIR)/peerd.example.toml
+# Shell completions and man pages (generated from clap; another issue)
+# go here: add them to INSTALLED and install them in `install`.
+
+release:
+	$(CARGO) build --release -p peerd -p peerctl
+
+install:
+	@for b in peerd peerctl; do \
+	  test -x "$(BIN_DIR)/$$b" || { echo "install: $(BIN_DIR)/$$b not built: run \`make release\` first (or set BIN_DIR)" >&2; exit 1; }; \
+	done
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)
+	$(INSTALL) -m 0755 $(BIN_DIR)/peerd $(BIN_DIR)/peerctl $(DESTDIR)$(BINDIR)/
+	sed 's|/usr/local/bin/|$(BINDIR)/|g' systemd/peerd@.service > $(DESTDIR)$(UNITDIR)/peerd@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/peerd@.service
+	$(INSTALL) -m 0644 systemd/peerd.sysusers $(DESTDIR)$(SYSUSERSDIR)/peerd.conf
+	$(INSTALL) -m 0644 systemd/peerd.example.toml $(DESTDIR)$(DOCDIR)/peerd.example.toml
+	@# Completions and man pages: install them here (see INSTALLED).
+	@if [ -z "$(DESTDIR)" ]; then \
+	  echo "installed; next (as root): systemd-sysusers && systemctl daemon-reload"; \
+	fi
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+
+## verify-units: `systemd-analyze verify` on the unit (installed into a
+## temp prefix with the debug binaries, since verify checks that ExecStart
+## exists), its sandboxing score, and the sysusers file. Any output is a
+## failure. Skipped with a message where systemd-analyze is missing.
+verify-units: build
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+	  echo "verify-units: SKIPPED: systemd-analyze not found (apt-get install systemd)"; exit 0; \
+	fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(MAKE) --no-print-directory install PREFIX="$$tmp/usr" BIN_DIR=target/debug >/dev/null && \
+	unit="$$tmp/usr/lib/systemd/system/peerd@.service" && \
+	out=$$(systemd-analyze verify "$$unit" 2>&1) && [ -z "$$out" ] || { echo "$$out"; echo "verify-units: systemd-analyze verify failed"; exit 1; }; \
+	out=$$(systemd-analyze security --offline=yes --threshold=20 "$$unit" 2>&1) || { echo "$$out"; echo "verify-units: exposure above 2.0"; exit 1; }; \
+	echo "$$out" | tail -n 1; \
+	mkdir -p "$$tmp/root/etc" && \
+	out=$$(systemd-sysusers --root="$$tmp/root" --dry-run "$$PWD/systemd/peerd.sysusers" 2>&1) || { echo "$$out"; echo "verify-units: bad sysusers file"; exit 1; }; \
+	echo "verify-units: ok"
 
 ## bench: release build, then throughput/latency/memory of real daemons
 ## against the bare WebSocket ceiling (SPEC §10). Results in

@@ -2,4 +2,7 @@
 //! `peerctl` (fixtures in `tests/support`).
 
 mod cli;
+mod detach;
+mod install;
 mod link;
+mod service;

@@ -210,6 +210,8 @@ fn prune_env(c: &mut Command) {
         let k = k.to_string_lossy().to_string();
         if k.starts_with("PEERD_")
             || k == "NOTIFY_SOCKET"
+            || k == "WATCHDOG_USEC"
+            || k == "WATCHDOG_PID"
             || k == "RUNTIME_DIRECTORY"
             || k == "STATE_DIRECTORY"
         {
@@ -228,6 +230,13 @@ impl Daemon {
 
     /// Start `peerd` with extra arguments, without waiting.
     pub fn spawn(spec: &Spec, extra: &[&str]) -> Daemon {
+        Self::spawn_env(spec, extra, &[])
+    }
+
+    /// Start `peerd` with extra arguments and environment variables (set
+    /// after the pruning, so e.g. `NOTIFY_SOCKET` can be given), without
+    /// waiting.
+    pub fn spawn_env(spec: &Spec, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -247,6 +256,7 @@ impl Daemon {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         prune_env(&mut c);
+        c.envs(env.iter().copied());
         let child = c.spawn().expect("spawn peerd");
         Daemon {
             spec: spec.clone(),

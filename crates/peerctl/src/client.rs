@@ -142,7 +142,10 @@ impl Client {
 
 fn map_frame(e: FrameError) -> CtlError {
     match e {
-        FrameError::Io(e) => CtlError::Io(e),
+        // Not `CtlError::Io`: main treats a broken pipe there as success
+        // (stdout closed by `| head`), and a request the daemon never read
+        // must not be reported as sent.
+        FrameError::Io(e) => CtlError::Protocol(format!("connection lost (shutting down?): {e}")),
         other => CtlError::Protocol(other.to_string()),
     }
 }

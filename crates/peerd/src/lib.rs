@@ -20,7 +20,7 @@
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
 //! | `server`    | the control socket (`peerctl`)                           |
-//! | `service`   | signals (and later systemd, `--daemon`)                  |
+//! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
 pub mod backoff;

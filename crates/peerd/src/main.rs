@@ -1,12 +1,14 @@
 //! The `peerd` binary: parse arguments, set up logging, run the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use peerd::config::Config;
 use peerd::daemon::{self, Paths};
+use peerd::service::detach::{self, Readiness, Side};
 use peerlink::paths::{self, Env};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,16 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `peerd=trace` (or RUST_LOG).
     #[arg(long, value_name = "FILTER", env = "PEERD_LOG", default_value = "info")]
     log: String,
+    /// Detach into the background (hosts without systemd); returns once
+    /// the daemon is ready, or fails with its error.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: pidfile, locked while the daemon runs [default: <state dir>/peerd.pid].
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    pidfile: Option<PathBuf>,
+    /// With --daemon: log file, appended to [default: <state dir>/peerd.log].
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -47,7 +59,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
+    let ansi = std::io::stderr().is_terminal() && !cli.daemon;
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -79,30 +91,108 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let cfg = Config::load(instance, cli.config.as_deref())?;
     let env = Env::current();
-    let socket = paths::socket_path(instance, cli.socket.as_deref(), &env);
+    let mut socket = paths::socket_path(instance, cli.socket.as_deref(), &env);
     let state_dir =
         paths::state_dir(instance, cli.state_dir.as_deref(), &env).ok_or_else(|| {
             anyhow::anyhow!("no state directory: set --state-dir, $STATE_DIRECTORY or $HOME")
         })?;
+    let mut state_dir = state_dir;
+    if cli.daemon {
+        // The daemon runs in `/`. (Only then: an absolute socket path can
+        // be longer than the 108 bytes a relative one fits in.)
+        socket = absolute(&socket);
+        state_dir = absolute(&state_dir);
+    }
     let shared_socket =
         std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
+    // Before the runtime: fork keeps only the calling thread.
+    let daemonized = if cli.daemon {
+        match detach(&cli, &state_dir)? {
+            Some(d) => Some(d),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         peerd::service::cancel_on_signals(shutdown.clone())?;
-        daemon::run(
-            cfg,
-            Paths {
-                socket,
-                state_dir,
-                shared_socket,
-            },
-            shutdown,
-            Box::new(|_| {}),
-        )
-        .await?;
+        let notify_shutdown = shutdown.clone();
+        let readiness = daemonized.as_ref().map(|d| d.readiness.clone());
+        let on_ready = Box::new(move |ready: daemon::Ready| {
+            peerd::service::notify::start(ready.boards, notify_shutdown);
+            if let Some(r) = readiness {
+                r.lock().unwrap_or_else(|p| p.into_inner()).ready();
+            }
+        });
+        let paths = Paths {
+            socket,
+            state_dir,
+            shared_socket,
+        };
+        daemon::run(cfg, paths, shutdown, on_ready).await?;
         Ok(())
-    })
+    });
+    if let Some(d) = daemonized {
+        d.finish(&result);
+    }
+    result
+}
+
+/// What the detached daemon keeps to report to its parent and clean up.
+struct Daemonized {
+    readiness: Arc<Mutex<Readiness>>,
+    pidfile: PathBuf,
+}
+
+impl Daemonized {
+    /// Tell a parent still waiting why start-up failed; remove the pidfile.
+    fn finish(self, result: &anyhow::Result<()>) {
+        if let Err(e) = result {
+            let mut r = self.readiness.lock().unwrap_or_else(|p| p.into_inner());
+            r.failed(&format!("{e:#}"));
+        }
+        let _ = std::fs::remove_file(&self.pidfile);
+    }
+}
+
+/// `--daemon`: fork into the background. In the parent, wait for the
+/// daemon's report and return `None` (success) or its error; in the
+/// daemon, return what it needs to report.
+fn detach(cli: &Cli, state_dir: &Path) -> anyhow::Result<Option<Daemonized>> {
+    let opts = detach::Options {
+        pidfile: absolute(
+            &cli.pidfile
+                .clone()
+                .unwrap_or_else(|| state_dir.join("peerd.pid")),
+        ),
+        log_file: absolute(
+            &cli.log_file
+                .clone()
+                .unwrap_or_else(|| state_dir.join("peerd.log")),
+        ),
+    };
+    match detach::detach(&opts)? {
+        Side::Parent(Ok(pid)) => {
+            println!(
+                "peerd: running in the background, pid {pid}; log {}, pidfile {}",
+                opts.log_file.display(),
+                opts.pidfile.display()
+            );
+            Ok(None)
+        }
+        Side::Parent(Err(message)) => Err(anyhow::anyhow!(message)),
+        Side::Daemon(readiness) => Ok(Some(Daemonized {
+            readiness: Arc::new(Mutex::new(readiness)),
+            pidfile: opts.pidfile,
+        })),
+    }
+}
+
+/// `p` from the current directory (the daemon later runs in `/`).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

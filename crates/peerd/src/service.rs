@@ -1,5 +1,8 @@
-//! Living as a process: signals now; systemd notification and `--daemon`
-//! belong here too.
+//! Living as a process: signals here; systemd notification in
+//! [`notify`]; the classic `--daemon` detach in [`detach`].
+
+pub mod detach;
+pub mod notify;
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +18,9 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
+            // Here, not in a task that watches the token: the runtime may
+            // be gone before such a task runs again.
+            notify::stopping();
             token.cancel();
         });
     }

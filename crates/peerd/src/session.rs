@@ -178,6 +178,16 @@ impl Session {
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
         loop {
+            // A close request wins over more data: under a steady stream
+            // the select below is rarely reached, and SIGTERM must still
+            // close the link with "going away" at once.
+            match close.try_recv() {
+                Ok(reason) => return close_session(&mut sink, reason).await,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return close_session(&mut sink, CloseReason::GoingAway).await;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
             let acked_to = *acked.borrow_and_update();
             while in_flight.front().is_some_and(|(last, _)| *last < acked_to) {
                 if let Some((_, b)) = in_flight.pop_front() {
@@ -211,13 +221,7 @@ impl Session {
             }
             tokio::select! {
                 reason = &mut close => {
-                    let (code, why) = match reason {
-                        Ok(CloseReason::Duplicate) => (CLOSE_DUPLICATE, "duplicate link"),
-                        Ok(CloseReason::GoingAway) | Err(_) => (1001, "going away"),
-                    };
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: why.into() };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
-                    return Err(format!("closed: {why}"));
+                    return close_session(&mut sink, reason.unwrap_or(CloseReason::GoingAway)).await;
                 }
                 Ok(()) = ack_out.changed() => {
                     let next = *ack_out.borrow_and_update();
@@ -232,6 +236,28 @@ impl Session {
             }
         }
     }
+}
+
+/// Send the close frame for `reason` (bounded: the peer may be stuck) and
+/// end the session with it.
+async fn close_session(
+    sink: &mut SplitSink<Ws, Message>,
+    reason: CloseReason,
+) -> Result<(), String> {
+    let (code, why) = match reason {
+        CloseReason::Duplicate => (CLOSE_DUPLICATE, "duplicate link"),
+        CloseReason::GoingAway => (1001, "going away"),
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: why.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+    Err(format!("closed: {why}"))
 }
 
 /// Wait for each inbox write in order and publish the ack it earns.

@@ -93,13 +93,23 @@ pub async fn bind(path: &Path, shared: bool) -> Result<Listener, BindError> {
     };
     #[cfg(not(unix))]
     let _ = shared;
-    opts.create_tokio().map_err(|e| {
+    let listener = opts.create_tokio().map_err(|e| {
         if e.kind() == io::ErrorKind::AddrInUse {
             BindError::InUse(display.clone())
         } else {
             io_err(e)
         }
-    })
+    })?;
+    // Linux passes the mode set above through the umask at bind(), so a
+    // service's `UMask=0027` would leave 0640 and lock the admin group
+    // out: set the mode exactly once the file exists.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if shared { 0o660 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    }
+    Ok(listener)
 }
 
 /// Does this connect error mean "no daemon there" (as opposed to, say,
