@@ -1,46 +1,14 @@
 //! The `peerd` binary: parse arguments, set up logging, run the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use peerd::cli::{Cli, Command};
 use peerd::config::Config;
 use peerd::daemon::{self, Paths};
 use peerlink::paths::{self, Env};
 use tokio_util::sync::CancellationToken;
-
-/// peerlink daemon: keeps one persistent, authenticated WebSocket link to a
-/// peer daemon and delivers messages across it exactly once, in order.
-#[derive(Parser)]
-#[command(name = "peerd", version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    /// Instance name (`a` and `b` work without a config file).
-    instance: Option<String>,
-    /// Config file [default: /etc/peerd/<instance>.toml, or built-in for a and b].
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-    /// Control socket path [default: see README "Paths"].
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// State directory (journal) [default: see README "Paths"].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info`, `debug`, `peerd=trace` (or RUST_LOG).
-    #[arg(long, value_name = "FILTER", env = "PEERD_LOG", default_value = "info")]
-    log: String,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the effective config (secrets masked); non-zero on any problem.
-    CheckConfig {
-        /// Instance name.
-        instance: String,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
