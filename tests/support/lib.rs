@@ -364,7 +364,7 @@ impl Daemon {
         self.wait(
             Duration::from_secs(20),
             &format!("{} connected to {peer}", self.spec.name),
-            |d| d.peer(peer)["state"] == "Connected",
+            |d| d.peer(peer)["state"] == "connected",
         );
     }
 

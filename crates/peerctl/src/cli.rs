@@ -41,8 +41,20 @@ pub enum Command {
     Send(SendArgs),
     /// Show received messages (the last 10 by default).
     Tail(TailArgs),
-    /// Show the daemon and its links.
+    /// Show the daemon and its links; exit 0 when every link is up, 4 when
+    /// one is down.
     Status(StatusArgs),
+    /// Interactive terminal: each line typed is sent, messages print as
+    /// they arrive. Ctrl-D or Ctrl-C leaves. With stdin not a terminal:
+    /// each stdin line is sent, arrivals go to stdout, and it exits at the
+    /// end of input once the sends are stored.
+    Attach,
+    /// Print a shell completion script, e.g. `peerctl completions bash >
+    /// /etc/bash_completion.d/peerctl`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -54,13 +66,17 @@ pub struct SendArgs {
     /// stay queued and are still delivered later.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Read NUL-separated messages from stdin instead of lines, so a
+    /// message may hold newlines (`find -print0 | peerctl send -0`).
+    #[arg(short = '0', long)]
+    pub null: bool,
     /// Messages; `-` or none: read lines from stdin.
     pub messages: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// How many of the latest messages to show first.
+    /// How many of the latest messages to show first (0: only new ones).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub lines: u64,
     /// Keep showing messages as they arrive.
@@ -76,7 +92,18 @@ pub struct TailArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Machine-readable output.
+    /// Machine-readable output (schema in the README, "status --json").
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
