@@ -5,3 +5,4 @@ mod attach;
 mod cli;
 mod link;
 mod plain;
+mod status;
