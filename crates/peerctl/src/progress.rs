@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How long a stream runs before progress shows.
 const SHOW_AFTER: Duration = Duration::from_millis(700);
@@ -40,7 +40,7 @@ impl Progress {
         if self.enabled && !self.shown && self.started.elapsed() >= SHOW_AFTER {
             self.shown = true;
             if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} {human_pos} messages stored ({per_sec}), {msg} [{elapsed}]",
+                "{spinner} {human_pos} messages stored, {msg} [{elapsed}]",
             ) {
                 self.bar.set_style(style);
             }
@@ -48,8 +48,13 @@ impl Progress {
             self.bar.enable_steady_tick(Duration::from_millis(120));
         }
         if self.shown {
-            self.bar
-                .set_message(crate::status::human_size(self.bytes).to_string());
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = (self.bar.position() as f64 / secs) as u64;
+            self.bar.set_message(format!(
+                "{}, {}/s",
+                crate::status::human_size(self.bytes),
+                HumanCount(rate)
+            ));
         }
     }
 
