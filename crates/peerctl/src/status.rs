@@ -211,8 +211,10 @@ pub fn human_size(b: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// `1 msg`, `12,345 msgs`.
 fn count(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
+    let unit = if n == 1 { one } else { many };
+    format!("{} {unit}", indicatif::HumanCount(n))
 }
 
 const HEAD: Style = Style::new().bold();
@@ -408,7 +410,9 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations() {
+    fn sizes_durations_and_counts() {
+        assert_eq!(count(1, "msg", "msgs"), "1 msg");
+        assert_eq!(count(100_004, "msg", "msgs"), "100,004 msgs");
         assert_eq!(human_size(0), "0 B");
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(3 << 20), "3.0 MiB");

@@ -115,18 +115,33 @@ pub fn shown_body(body: &[u8]) -> String {
     shown
 }
 
-/// One JSON object; the body as a string (invalid UTF-8 replaced).
+/// `tail --json`: one object per line, fields in this order (README
+/// "tail --json").
+#[derive(serde::Serialize)]
+struct EntryJson<'a> {
+    seq: u64,
+    received: String,
+    received_ms: u64,
+    sent_ms: u64,
+    origin: &'a str,
+    origin_seq: u64,
+    /// The body as a string (invalid UTF-8 replaced by U+FFFD).
+    body: std::borrow::Cow<'a, str>,
+}
+
+/// One JSON object, on one line.
 pub fn json_line(e: &Entry) -> String {
-    serde_json::json!({
-        "seq": e.seq,
-        "received": time(e.received_ms),
-        "received_ms": e.received_ms,
-        "sent_ms": e.sent_ms,
-        "origin": e.origin,
-        "origin_seq": e.origin_seq,
-        "body": String::from_utf8_lossy(&e.body),
-    })
-    .to_string()
+    let v = EntryJson {
+        seq: e.seq,
+        received: time(e.received_ms),
+        received_ms: e.received_ms,
+        sent_ms: e.sent_ms,
+        origin: &e.origin,
+        origin_seq: e.origin_seq,
+        body: String::from_utf8_lossy(&e.body),
+    };
+    // A struct of strings and numbers always serializes.
+    serde_json::to_string(&v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -144,6 +159,7 @@ mod tests {
             body: b"two\nlines\\".to_vec(),
         };
         assert_eq!(text_line(&e), "1970-01-01T00:00:00.000Z b two\\nlines\\\\");
+        assert!(json_line(&e).starts_with("{\"seq\":1,\"received\":\"1970-01-01T00:00:00.000Z\""));
         let v: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
         assert_eq!(v["body"], "two\nlines\\");
         assert_eq!(v["origin"], "b");
