@@ -58,6 +58,12 @@ fn plain_client_sends_to_the_inbox_and_receives_what_the_peer_sends() {
     );
     // The plain client's message stayed local: the peer never saw it.
     assert!(b.bodies().is_empty(), "{:?}", b.bodies());
+    // Leaving is a clean closing handshake: the daemon answers the close.
+    client.close();
+    assert!(
+        matches!(client.next(LONG), Some(PlainEvent::Close(Some((1000, _))))),
+        "close answered"
+    );
 }
 
 #[test]

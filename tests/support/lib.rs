@@ -590,6 +590,19 @@ impl PlainClient {
             .send(tokio_tungstenite::tungstenite::Message::Text(text.into()));
     }
 
+    /// Start the closing handshake (code 1000).
+    pub fn close(&self) {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let _ = self
+            .out
+            .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+                CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "bye".into(),
+                },
+            )));
+    }
+
     /// The next thing the daemon sent, or None after `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<PlainEvent> {
         self.events.recv_timeout(timeout).ok()

@@ -109,7 +109,12 @@ pub async fn serve(
             .await;
             format!("closed {code} {reason}")
         }
-        Ending::Quiet(why) => why.clone(),
+        Ending::Quiet(why) => {
+            // The client's own close (answered by tungstenite, but only
+            // sent on a flush) or a broken connection: finish either way.
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+            why.clone()
+        }
     };
     tracing::info!(%remote, "plain WebSocket client left: {why}");
 }
