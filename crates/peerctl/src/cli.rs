@@ -36,21 +36,39 @@ Exit status:
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send messages to the peer: each argument is one message; with no
-    /// argument (or `-`) each line of stdin is one.
+    /// Send messages to the peer.
+    ///
+    /// Each argument is one message; with no argument (or `-`) each line of
+    /// stdin is one (each NUL-terminated record with --null), streamed in
+    /// batches. Returns once the messages are stored in the outbox, or with
+    /// --wait once the peer has stored them.
     Send(SendArgs),
-    /// Show received messages (the last 10 by default).
+    /// Show received messages.
+    ///
+    /// The last 10 by default, like tail(1). Each line shows the time it
+    /// arrived, who sent it (a peer's name or `client:<addr>` for a plain
+    /// WebSocket client) and the body, with newlines and control characters
+    /// escaped so one message is one line; --json prints one object per
+    /// line instead.
     Tail(TailArgs),
-    /// Show the daemon and its links; exit 0 when every link is up, 4 when
-    /// one is down.
+    /// Show the daemon and its links.
+    ///
+    /// Exit status 0 when every link is up, 4 when one is down, 3 when the
+    /// daemon cannot be reached. Colour only on a terminal, never with
+    /// NO_COLOR.
     Status(StatusArgs),
-    /// Interactive terminal: each line typed is sent, messages print as
-    /// they arrive. Ctrl-D or Ctrl-C leaves. With stdin not a terminal:
-    /// each stdin line is sent, arrivals go to stdout, and it exits at the
-    /// end of input once the sends are stored.
+    /// Interactive terminal: typed lines are sent, arrivals are shown.
+    ///
+    /// Each line typed is sent; messages print as they arrive, above the
+    /// prompt, which is redrawn with whatever was half typed. Ctrl-D or
+    /// Ctrl-C leaves. With stdin not a terminal: each stdin line is sent,
+    /// arrivals go to stdout like `tail`, and it exits at the end of input
+    /// once the sends are stored.
     Attach,
-    /// Print a shell completion script, e.g. `peerctl completions bash >
-    /// /etc/bash_completion.d/peerctl`.
+    /// Print a shell completion script.
+    ///
+    /// For example `peerctl completions bash >
+    /// ~/.local/share/bash-completion/completions/peerctl`.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
