@@ -1,7 +1,7 @@
 # peerlink: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test lint clean bench release install uninstall verify-units
+.PHONY: all build demo test lint clean bench release install uninstall verify-units man completions
 
 all: build
 
@@ -21,6 +21,16 @@ test: lint
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## man: man pages of peerd and peerctl (one per subcommand too) in
+## target/man, generated from the clap definitions (crates/xtask).
+man:
+	$(CARGO) run --quiet -p xtask -- man target/man
+
+## completions: completion scripts of both binaries for bash, zsh, fish,
+## elvish and powershell in target/completions.
+completions:
+	$(CARGO) run --quiet -p xtask -- completions target/completions
 
 clean:
 	$(CARGO) clean

@@ -52,8 +52,8 @@ fn assert_one_shared_session(a: &Daemon, b: &Daemon) {
     let agreed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         peerlink_e2e::wait_until(LONG, "a and b agree on one session", || {
             let (pa, pb) = (a.peer("b"), b.peer("a"));
-            let ok = pa["state"] == "Connected"
-                && pb["state"] == "Connected"
+            let ok = pa["state"] == "connected"
+                && pb["state"] == "connected"
                 && pa["local_addr"] == pb["remote_addr"]
                 && pa["remote_addr"] == pb["local_addr"]
                 && pa["direction"] != pb["direction"];
@@ -125,7 +125,7 @@ fn peer_down_keeps_retrying_and_delivers_in_order_once_it_is_up() {
     let a = Daemon::start(&pair.a);
     a.wait(LONG, "a reports why it cannot reach b", |a| {
         let p = a.peer("b");
-        p["state"] != "Connected"
+        p["state"] != "connected"
             && p["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("refused"))
@@ -195,7 +195,7 @@ fn link_comes_back_after_the_peer_restarts() {
     let (a, mut b) = pair.start_linked();
     b.kill();
     a.wait(LONG, "a notices b is gone", |a| {
-        a.peer("b")["state"] != "Connected"
+        a.peer("b")["state"] != "connected"
     });
     a.send(&["while b was down"]);
     let b2 = Daemon::start(&pair.b);

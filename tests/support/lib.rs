@@ -374,7 +374,7 @@ impl Daemon {
         self.wait(
             Duration::from_secs(20),
             &format!("{} connected to {peer}", self.spec.name),
-            |d| d.peer(peer)["state"] == "Connected",
+            |d| d.peer(peer)["state"] == "connected",
         );
     }
 
@@ -511,5 +511,110 @@ impl Drop for Follower {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a [`PlainClient`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlainEvent {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The daemon closed the connection: code and reason, if it gave them.
+    Close(Option<(u16, String)>),
+    Error(String),
+}
+
+/// A plain WebSocket client (no `peerlink.v1` subprotocol), like websocat
+/// or a browser, on its own runtime so it keeps answering pings while the
+/// test blocks.
+pub struct PlainClient {
+    /// Our end of the TCP connection: the daemon names us `client:<local>`.
+    pub local: std::net::SocketAddr,
+    out: tokio::sync::mpsc::UnboundedSender<tokio_tungstenite::tungstenite::Message>,
+    events: mpsc::Receiver<PlainEvent>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl PlainClient {
+    /// Connect to `ws://127.0.0.1:<port>/ws` without a subprotocol.
+    pub fn connect(port: u16) -> PlainClient {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (ws, local) = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect to peerd");
+            let local = tcp.local_addr().expect("local addr");
+            let url = format!("ws://127.0.0.1:{port}/ws");
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+                .await
+                .expect("plain WebSocket upgrade");
+            (ws, local)
+        });
+        let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let (ev_tx, events) = mpsc::channel();
+        rt.spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            loop {
+                tokio::select! {
+                    m = out_rx.recv() => match m {
+                        Some(m) => { let _ = sink.send(m).await; }
+                        None => return,
+                    },
+                    m = stream.next() => {
+                        let ev = match m {
+                            Some(Ok(Message::Text(t))) => PlainEvent::Text(t.to_string()),
+                            Some(Ok(Message::Binary(b))) => PlainEvent::Binary(b.to_vec()),
+                            Some(Ok(Message::Close(f))) => PlainEvent::Close(
+                                f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                            ),
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => PlainEvent::Error(e.to_string()),
+                            None => PlainEvent::Error("connection ended".into()),
+                        };
+                        let end = !matches!(ev, PlainEvent::Text(_) | PlainEvent::Binary(_));
+                        if ev_tx.send(ev).is_err() || end {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        PlainClient {
+            local,
+            out,
+            events,
+            _rt: rt,
+        }
+    }
+
+    /// Send one text message.
+    pub fn send_text(&self, text: &str) {
+        let _ = self
+            .out
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()));
+    }
+
+    /// Start the closing handshake (code 1000).
+    pub fn close(&self) {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let _ = self
+            .out
+            .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+                CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "bye".into(),
+                },
+            )));
+    }
+
+    /// The next thing the daemon sent, or None after `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<PlainEvent> {
+        self.events.recv_timeout(timeout).ok()
     }
 }

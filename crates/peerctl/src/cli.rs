@@ -36,13 +36,43 @@ Exit status:
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send messages to the peer: each argument is one message; with no
-    /// argument (or `-`) each line of stdin is one.
+    /// Send messages to the peer.
+    ///
+    /// Each argument is one message; with no argument (or `-`) each line of
+    /// stdin is one (each NUL-terminated record with --null), streamed in
+    /// batches. Returns once the messages are stored in the outbox, or with
+    /// --wait once the peer has stored them.
     Send(SendArgs),
-    /// Show received messages (the last 10 by default).
+    /// Show received messages.
+    ///
+    /// The last 10 by default, like tail(1). Each line shows the time it
+    /// arrived, who sent it (a peer's name or `client:<addr>` for a plain
+    /// WebSocket client) and the body, with newlines and control characters
+    /// escaped so one message is one line; --json prints one object per
+    /// line instead.
     Tail(TailArgs),
     /// Show the daemon and its links.
+    ///
+    /// Exit status 0 when every link is up, 4 when one is down, 3 when the
+    /// daemon cannot be reached. Colour only on a terminal, never with
+    /// NO_COLOR.
     Status(StatusArgs),
+    /// Interactive terminal: typed lines are sent, arrivals are shown.
+    ///
+    /// Each line typed is sent; messages print as they arrive, above the
+    /// prompt, which is redrawn with whatever was half typed. Ctrl-D or
+    /// Ctrl-C leaves. With stdin not a terminal: each stdin line is sent,
+    /// arrivals go to stdout like `tail`, and it exits at the end of input
+    /// once the sends are stored.
+    Attach,
+    /// Print a shell completion script.
+    ///
+    /// For example `peerctl completions bash >
+    /// ~/.local/share/bash-completion/completions/peerctl`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -54,13 +84,17 @@ pub struct SendArgs {
     /// stay queued and are still delivered later.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Read NUL-separated messages from stdin instead of lines, so a
+    /// message may hold newlines (`find -print0 | peerctl send -0`).
+    #[arg(short = '0', long)]
+    pub null: bool,
     /// Messages; `-` or none: read lines from stdin.
     pub messages: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// How many of the latest messages to show first.
+    /// How many of the latest messages to show first (0: only new ones).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
     pub lines: u64,
     /// Keep showing messages as they arrive.
@@ -76,7 +110,18 @@ pub struct TailArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Machine-readable output.
+    /// Machine-readable output (schema in the README, "status --json").
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -72,6 +72,8 @@ pub struct Client {
     pub reader: Reader<RecvHalf>,
     pub writer: Writer<SendHalf>,
     pub daemon_version: String,
+    /// The instance the daemon says it is (its Hello).
+    pub daemon_instance: String,
 }
 
 impl Client {
@@ -94,6 +96,7 @@ impl Client {
             reader: frame::reader(rx, MAX_FRAME),
             writer: frame::writer(tx, MAX_FRAME),
             daemon_version: String::new(),
+            daemon_instance: String::new(),
         };
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -104,9 +107,10 @@ impl Client {
             Response::Hello {
                 version,
                 daemon_version,
-                ..
+                instance,
             } if version == PROTOCOL_VERSION => {
                 c.daemon_version = daemon_version;
+                c.daemon_instance = instance;
                 Ok(c)
             }
             Response::Hello {

@@ -1,23 +1,43 @@
 //! `peerctl`: the command-line client of `peerd`. The binary parses
 //! arguments and maps errors to exit codes; everything else is here.
 
+pub mod attach;
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod progress;
 pub mod send;
 pub mod status;
 pub mod tail;
 
+use std::io::Write;
+
+use clap::CommandFactory;
 use cli::{Cli, Command};
 use client::Target;
 use error::{CtlError, EXIT_OK};
 
 /// Run one command; returns the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8, CtlError> {
+    if let Command::Completions { shell } = cli.command {
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(shell, &mut Cli::command(), "peerctl", &mut out);
+        out.flush()?;
+        return Ok(EXIT_OK);
+    }
     let target = Target::resolve(cli.instance.as_deref(), cli.socket.as_deref())?;
     match cli.command {
         Command::Send(args) => send::run(&target, args).await.map(|()| EXIT_OK),
         Command::Tail(args) => tail::run(&target, args).await.map(|()| EXIT_OK),
         Command::Status(args) => status::run(&target, args).await,
+        Command::Attach => attach::run(&target).await.map(|()| EXIT_OK),
+        Command::Completions { .. } => Ok(EXIT_OK),
     }
+}
+
+/// Whether to colour what goes to `stream`: only a terminal, never with
+/// `NO_COLOR` (or `CLICOLOR=0`), always with `CLICOLOR_FORCE` (the rules
+/// of `anstream`, which clap uses too).
+pub fn colour<S: anstream::stream::RawStream>(stream: &S) -> bool {
+    anstream::AutoStream::choice(stream) != anstream::ColorChoice::Never
 }

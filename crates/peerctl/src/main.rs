@@ -18,7 +18,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match runtime.block_on(peerctl::run(cli)) {
+    let result = runtime.block_on(peerctl::run(cli));
+    // Don't wait for a read of stdin still blocked in tokio's thread pool
+    // (an `attach` or `send` that ended on an error or a signal before its
+    // input did): everything that matters is done by now.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code),
         // Output cut short by a closed pipe (`peerctl tail | head`) is success.
         Err(CtlError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -1,6 +1,11 @@
-//! `peerctl send`: messages from arguments or stdin lines, streamed to the
-//! daemon in batches without waiting for each reply (the daemon answers in
-//! order), so `seq 1 1000000 | peerctl send` is one pipelined stream.
+//! `peerctl send`: messages from arguments or stdin lines (or NUL-separated
+//! records with `--null`), streamed to the daemon in batches without
+//! waiting for each reply (the daemon answers in order), so `seq 1 1000000
+//! | peerctl send` is one pipelined stream. A long stream from a pipe shows
+//! its progress on stderr when that is a terminal.
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
 
 use peerlink::control::{ErrorKind, Request, Response, SEND_BATCH_BYTES};
 use tokio::io::AsyncReadExt;
@@ -9,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::cli::SendArgs;
 use crate::client::{Client, Target};
 use crate::error::CtlError;
+use crate::progress::Progress;
 
 /// Batches sent but not yet answered, at most.
 const MAX_OUTSTANDING: usize = 32;
@@ -23,10 +29,20 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
             "`-` (stdin) cannot be mixed with message arguments".into(),
         ));
     }
+    if args.null && !from_stdin {
+        return Err(CtlError::Usage(
+            "--null reads messages from stdin; it takes no message arguments".into(),
+        ));
+    }
+    let split = if args.null { Split::Nul } else { Split::Lines };
+    // Progress for a stream from a pipe or file, never for a person typing.
+    let progress = Progress::new(
+        from_stdin && !std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+    );
     let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>(4);
     let producer = async move {
         if from_stdin {
-            read_lines(tx).await
+            read_stdin(tx, split).await
         } else {
             for batch in batches(args.messages.into_iter().map(String::into_bytes)) {
                 if tx.send(batch).await.is_err() {
@@ -38,7 +54,7 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
     };
     let wait = args.wait;
     let work = async {
-        let (read, sent) = tokio::join!(producer, stream(client, rx, wait));
+        let (read, sent) = tokio::join!(producer, stream(client, rx, wait, progress));
         read?;
         sent
     };
@@ -56,27 +72,53 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
 
 /// Send every batch from `rx`, pipelined; collect the replies.
 async fn stream(
+    client: Client,
+    rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    wait: bool,
+    mut progress: Progress,
+) -> Result<(), CtlError> {
+    let r = pipeline(client, rx, wait, &mut progress).await;
+    progress.finish();
+    r
+}
+
+async fn pipeline(
     mut client: Client,
     mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
     wait: bool,
+    progress: &mut Progress,
 ) -> Result<(), CtlError> {
-    let mut outstanding = 0usize;
+    // (messages, bytes) of each batch sent and not yet answered.
+    let mut outstanding: VecDeque<(u64, u64)> = VecDeque::new();
     let mut input_done = false;
     loop {
-        if input_done && outstanding == 0 {
+        if input_done && outstanding.is_empty() {
             return Ok(());
         }
         tokio::select! {
-            batch = rx.recv(), if !input_done && outstanding < MAX_OUTSTANDING => match batch {
+            batch = rx.recv(), if !input_done && outstanding.len() < MAX_OUTSTANDING => match batch {
                 Some(bodies) => {
+                    let bytes = bodies.iter().map(|b| b.len() as u64).sum();
+                    let n = bodies.len() as u64;
                     client.send(&Request::Send { bodies, wait }).await?;
-                    outstanding += 1;
+                    outstanding.push_back((n, bytes));
                 }
                 None => input_done = true,
             },
-            reply = client.recv(), if outstanding > 0 => match reply? {
-                Response::Sent { .. } if wait => {}
-                Response::Sent { .. } | Response::Delivered { .. } => outstanding -= 1,
+            reply = client.recv(), if !outstanding.is_empty() => match reply? {
+                Response::Sent { .. } if wait => {
+                    if let Some((n, bytes)) = outstanding.front() {
+                        progress.stored(*n, *bytes);
+                    }
+                }
+                Response::Sent { .. } => {
+                    if let Some((n, bytes)) = outstanding.pop_front() {
+                        progress.stored(n, bytes);
+                    }
+                }
+                Response::Delivered { .. } => {
+                    outstanding.pop_front();
+                }
                 Response::Error { kind: ErrorKind::OutboxFull, message } => {
                     return Err(CtlError::Daemon { kind: ErrorKind::OutboxFull, message: format!("{message} (earlier messages were queued and will be delivered)") });
                 }
@@ -106,11 +148,32 @@ fn batches(messages: impl IntoIterator<Item = Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
     out
 }
 
-/// Read stdin and emit the complete lines of each read as one batch: a
+/// How stdin is cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One message per line (`\n`, a `\r` before it is dropped).
+    Lines,
+    /// One message per NUL-terminated record (`--null`), taken as is.
+    Nul,
+}
+
+/// Read stdin and emit the complete messages of each read as one batch: a
 /// pipe full of lines becomes large batches, a person typing gets each line
-/// sent at once. A last line without a newline is a message too.
-async fn read_lines(tx: mpsc::Sender<Vec<Vec<u8>>>) -> Result<(), CtlError> {
-    let mut stdin = tokio::io::stdin();
+/// sent at once. A last message without a terminator is a message too.
+pub async fn read_stdin(tx: mpsc::Sender<Vec<Vec<u8>>>, split: Split) -> Result<(), CtlError> {
+    read_messages(tokio::io::stdin(), tx, split).await
+}
+
+/// [`read_stdin`] from any reader.
+pub async fn read_messages(
+    mut stdin: impl tokio::io::AsyncRead + Unpin,
+    tx: mpsc::Sender<Vec<Vec<u8>>>,
+    split: Split,
+) -> Result<(), CtlError> {
+    let sep = match split {
+        Split::Lines => b'\n',
+        Split::Nul => 0,
+    };
     let mut buf = vec![0u8; 256 * 1024];
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -121,10 +184,10 @@ async fn read_lines(tx: mpsc::Sender<Vec<Vec<u8>>>) -> Result<(), CtlError> {
         let mut lines = Vec::new();
         let mut start = 0;
         for (i, &c) in buf[..n].iter().enumerate() {
-            if c == b'\n' {
+            if c == sep {
                 let mut line = std::mem::take(&mut partial);
                 line.extend_from_slice(&buf[start..i]);
-                if line.last() == Some(&b'\r') {
+                if split == Split::Lines && line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 lines.push(line);
@@ -159,5 +222,27 @@ mod tests {
             [BATCH_MESSAGES, 1]
         );
         assert!(batches(Vec::new()).is_empty());
+    }
+
+    async fn cut(input: &'static [u8], split: Split) -> Vec<Vec<u8>> {
+        let (tx, mut rx) = mpsc::channel(16);
+        read_messages(input, tx, split).await.unwrap();
+        let mut all = Vec::new();
+        while let Some(b) = rx.recv().await {
+            all.extend(b);
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn stdin_is_cut_into_lines_or_nul_records() {
+        assert_eq!(
+            cut(b"a\r\nb\n\nc", Split::Lines).await,
+            [&b"a"[..], b"b", b"", b"c"]
+        );
+        assert_eq!(
+            cut(b"one\ntwo\0three\r\n\0", Split::Nul).await,
+            [&b"one\ntwo"[..], b"three\r\n"]
+        );
     }
 }

@@ -1,13 +1,27 @@
-//! `peerctl status`: the daemon and each link, for people or as JSON.
+//! `peerctl status`: the daemon and each link, for people (aligned `key:
+//! value` blocks in the spirit of `wg show`, colour only on a terminal and
+//! never with `NO_COLOR`) or as JSON for scripts.
+//!
+//! The JSON is its own view ([`StatusJson`]), not the control protocol's
+//! types: the wire types can change with the protocol version while the
+//! JSON schema stays what the README documents. Enums are lowercase strings
+//! (`"connected"`, `"outbound"`), times are milliseconds since the Unix
+//! epoch, absent values are `null`. Fields may be added; none is renamed or
+//! removed without bumping `schema`.
 
 use std::io::Write;
 use std::time::Duration;
 
-use peerlink::control::{LinkState, Request, Response, Status};
+use anstyle::{AnsiColor, Style};
+use peerlink::control::{Direction, LinkState, PeerStatus, Request, Response, Status};
+use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::client::{Client, Target};
 use crate::error::{CtlError, EXIT_DOWN, EXIT_OK};
+
+/// Bumped when a field of the JSON is renamed, removed or changes meaning.
+pub const JSON_SCHEMA: u32 = 1;
 
 /// Print the status; the exit code says whether every link is up.
 pub async fn run(target: &Target, args: StatusArgs) -> Result<u8, CtlError> {
@@ -22,25 +36,166 @@ pub async fn run(target: &Target, args: StatusArgs) -> Result<u8, CtlError> {
             )));
         }
     };
-    let text = if args.json {
-        serde_json::to_string_pretty(&status).map_err(|e| CtlError::Protocol(e.to_string()))?
+    if args.json {
+        let text = serde_json::to_string_pretty(&StatusJson::from(&*status))
+            .map_err(|e| CtlError::Protocol(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()?;
     } else {
-        render(&status)
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")?;
-    out.flush()?;
-    let all_up = status.peers.iter().all(|p| p.state == LinkState::Connected);
-    Ok(if all_up { EXIT_OK } else { EXIT_DOWN })
+        let mut out = anstream::stdout().lock();
+        writeln!(out, "{}", render(&status))?;
+        out.flush()?;
+    }
+    Ok(if all_up(&status) { EXIT_OK } else { EXIT_DOWN })
+}
+
+fn all_up(s: &Status) -> bool {
+    s.peers.iter().all(|p| p.state == LinkState::Connected)
+}
+
+/// `status --json`: the documented schema (README "status --json").
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub schema: u32,
+    pub instance: String,
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub now_ms: u64,
+    pub uptime_ms: u64,
+    pub listen: String,
+    pub socket: String,
+    pub state_dir: String,
+    /// Every peer link is connected (what exit status 0 means).
+    pub all_up: bool,
+    pub journal: JournalJson,
+    pub peers: Vec<PeerJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JournalJson {
+    pub durable: bool,
+    /// 16 hex digits: a u64 does not fit a JSON number exactly everywhere.
+    pub epoch: String,
+    pub outbox_next: u64,
+    pub inbox_first: u64,
+    pub inbox_next: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateJson {
+    Connected,
+    Connecting,
+    Backoff,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionJson {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerJson {
+    pub name: String,
+    pub url: String,
+    pub state: StateJson,
+    pub direction: Option<DirectionJson>,
+    pub remote_addr: Option<String>,
+    pub local_addr: Option<String>,
+    pub connected_since_ms: Option<u64>,
+    pub last_handshake_ms: Option<u64>,
+    pub rtt_us: Option<u64>,
+    pub next_attempt_ms: Option<u64>,
+    pub msgs_sent: u64,
+    pub bytes_sent: u64,
+    pub msgs_received: u64,
+    pub bytes_received: u64,
+    pub queued_msgs: u64,
+    pub queued_bytes: u64,
+    pub oldest_queued_ms: Option<u64>,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
+impl From<&Status> for StatusJson {
+    fn from(s: &Status) -> Self {
+        StatusJson {
+            schema: JSON_SCHEMA,
+            instance: s.instance.clone(),
+            node: s.node.clone(),
+            version: s.version.clone(),
+            pid: s.pid,
+            started_ms: s.started_ms,
+            now_ms: s.now_ms,
+            uptime_ms: s.now_ms.saturating_sub(s.started_ms),
+            listen: s.listen.clone(),
+            socket: s.socket.clone(),
+            state_dir: s.state_dir.clone(),
+            all_up: all_up(s),
+            journal: JournalJson {
+                durable: s.journal.durable,
+                epoch: format!("{:016x}", s.journal.epoch),
+                outbox_next: s.journal.outbox_next,
+                inbox_first: s.journal.inbox_first,
+                inbox_next: s.journal.inbox_next,
+            },
+            peers: s.peers.iter().map(PeerJson::from).collect(),
+        }
+    }
+}
+
+impl From<&PeerStatus> for PeerJson {
+    fn from(p: &PeerStatus) -> Self {
+        PeerJson {
+            name: p.name.clone(),
+            url: p.url.clone(),
+            state: match p.state {
+                LinkState::Connected => StateJson::Connected,
+                LinkState::Connecting => StateJson::Connecting,
+                LinkState::Backoff => StateJson::Backoff,
+            },
+            direction: p.direction.map(|d| match d {
+                Direction::Outbound => DirectionJson::Outbound,
+                Direction::Inbound => DirectionJson::Inbound,
+            }),
+            remote_addr: p.remote_addr.clone(),
+            local_addr: p.local_addr.clone(),
+            connected_since_ms: p.connected_since_ms,
+            last_handshake_ms: p.last_handshake_ms,
+            rtt_us: p.rtt_us,
+            next_attempt_ms: p.next_attempt_ms,
+            msgs_sent: p.msgs_sent,
+            bytes_sent: p.bytes_sent,
+            msgs_received: p.msgs_received,
+            bytes_received: p.bytes_received,
+            queued_msgs: p.queued_msgs,
+            queued_bytes: p.queued_bytes,
+            oldest_queued_ms: p.oldest_queued_ms,
+            reconnects: p.reconnects,
+            last_error: p.last_error.clone(),
+            last_error_ms: p.last_error_ms,
+        }
+    }
+}
+
+/// A duration for people, to the second (`3m 12s`; `0s` below a second).
+pub fn human_duration(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
 fn ago(now: u64, then: u64) -> String {
-    let d = Duration::from_secs(now.saturating_sub(then) / 1000);
-    format!("{} ago", humantime::format_duration(d))
+    format!("{} ago", human_duration(now.saturating_sub(then)))
 }
 
-fn size(b: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+/// A size for people: bytes below 1 KiB, else one decimal in binary units.
+pub fn human_size(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if b < 1024 {
         return format!("{b} B");
     }
@@ -56,107 +211,260 @@ fn size(b: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-/// The human view: aligned `key value` lines, one block per peer.
+/// `1 msg`, `12,345 msgs`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    let unit = if n == 1 { one } else { many };
+    format!("{} {unit}", indicatif::HumanCount(n))
+}
+
+const HEAD: Style = Style::new().bold();
+const LABEL: Style = Style::new().bold();
+const GOOD: Style = AnsiColor::Green.on_default().bold();
+const WARN: Style = AnsiColor::Yellow.on_default().bold();
+const BAD: Style = AnsiColor::Red.on_default();
+
+/// Aligned `label: value` lines under a heading.
+struct Block {
+    lines: Vec<(String, String)>,
+}
+
+impl Block {
+    fn new() -> Self {
+        Block { lines: Vec::new() }
+    }
+    fn add(&mut self, label: &str, value: String) {
+        self.lines.push((label.to_string(), value));
+    }
+    fn render(&self, width: usize, out: &mut Vec<String>) {
+        for (label, value) in &self.lines {
+            let pad = width.saturating_sub(label.len() + 1);
+            out.push(format!("  {LABEL}{label}:{LABEL:#}{:pad$} {value}", ""));
+        }
+    }
+}
+
+/// The human view, with ANSI styles (stripped by `anstream` when stdout
+/// is not a terminal or `NO_COLOR` is set).
 pub fn render(s: &Status) -> String {
     let now = s.now_ms;
-    let up = Duration::from_secs(now.saturating_sub(s.started_ms) / 1000);
-    let mut out = Vec::new();
-    out.push(format!(
-        "peerd {} (node {}, peerlink {}), pid {}, up {}",
-        s.instance,
-        s.node,
-        s.version,
-        s.pid,
-        humantime::format_duration(up)
-    ));
-    out.push(format!("  {:<11}{}", "listening", s.listen));
-    out.push(format!("  {:<11}{}", "control", s.socket));
+    let mut daemon = Block::new();
+    daemon.add("pid", s.pid.to_string());
+    daemon.add("uptime", human_duration(now.saturating_sub(s.started_ms)));
+    daemon.add("listening", s.listen.clone());
+    daemon.add("control", s.socket.clone());
     let store = if s.journal.durable {
         format!("durable in {}", s.state_dir)
     } else {
         "in memory".to_string()
     };
-    out.push(format!(
-        "  {:<11}{store}, epoch {:016x}, inbox {}..{}, outbox next {}",
+    let inbox = if s.journal.inbox_first >= s.journal.inbox_next {
+        format!("inbox empty (next {})", s.journal.inbox_next)
+    } else {
+        format!(
+            "inbox {}..{}",
+            s.journal.inbox_first,
+            s.journal.inbox_next - 1
+        )
+    };
+    daemon.add(
         "journal",
-        s.journal.epoch,
-        s.journal.inbox_first,
-        s.journal.inbox_next.saturating_sub(1),
-        s.journal.outbox_next
-    ));
-    for p in &s.peers {
+        format!(
+            "{store}, epoch {:016x}, {inbox}, outbox next {}",
+            s.journal.epoch, s.journal.outbox_next
+        ),
+    );
+    let peers: Vec<(String, Block)> = s.peers.iter().map(|p| peer_block(p, now)).collect();
+    let width = std::iter::once(&daemon)
+        .chain(peers.iter().map(|(_, b)| b))
+        .flat_map(|b| b.lines.iter().map(|(l, _)| l.len() + 1))
+        .max()
+        .unwrap_or(0);
+    let mut out = vec![format!(
+        "{HEAD}peerd {}{HEAD:#} (node {}, peerlink {})",
+        s.instance, s.node, s.version
+    )];
+    daemon.render(width, &mut out);
+    for (head, block) in &peers {
         out.push(String::new());
-        let state = match p.state {
-            LinkState::Connected => "connected".to_string(),
-            LinkState::Connecting => "connecting".to_string(),
-            LinkState::Backoff => match p.next_attempt_ms {
-                Some(t) if t > now => format!(
-                    "backoff, next attempt in {}",
-                    humantime::format_duration(Duration::from_millis(t - now))
-                ),
-                _ => "backoff".to_string(),
-            },
-        };
-        out.push(format!("peer {}: {state}", p.name));
-        out.push(format!("  {:<11}{}", "url", p.url));
-        if let (Some(dir), Some(addr)) = (p.direction, &p.remote_addr) {
-            let dir = match dir {
-                peerlink::control::Direction::Outbound => "outbound to",
-                peerlink::control::Direction::Inbound => "inbound from",
-            };
-            out.push(format!("  {:<11}{dir} {addr}", "session"));
-        }
-        if let Some(t) = p.connected_since_ms {
-            out.push(format!("  {:<11}{}", "since", ago(now, t)));
-        }
-        if let Some(t) = p.last_handshake_ms {
-            out.push(format!("  {:<11}{}", "handshake", ago(now, t)));
-        }
-        if let Some(rtt) = p.rtt_us {
-            out.push(format!("  {:<11}{:.2} ms", "rtt", rtt as f64 / 1000.0));
-        }
-        out.push(format!(
-            "  {:<11}{} msgs, {}",
-            "sent",
-            p.msgs_sent,
-            size(p.bytes_sent)
-        ));
-        out.push(format!(
-            "  {:<11}{} msgs, {}",
-            "received",
-            p.msgs_received,
-            size(p.bytes_received)
-        ));
-        let oldest = p
-            .oldest_queued_ms
-            .map(|t| format!(", oldest {}", ago(now, t)))
-            .unwrap_or_default();
-        out.push(format!(
-            "  {:<11}{} msgs, {}{oldest}",
-            "queued",
-            p.queued_msgs,
-            size(p.queued_bytes)
-        ));
-        out.push(format!("  {:<11}{}", "reconnects", p.reconnects));
-        if let Some(e) = &p.last_error {
-            let when = p
-                .last_error_ms
-                .map(|t| format!(" ({})", ago(now, t)))
-                .unwrap_or_default();
-            out.push(format!("  {:<11}{e}{when}", "last error"));
-        }
+        out.push(head.clone());
+        block.render(width, &mut out);
     }
     out.join("\n")
 }
 
+fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
+    let state = match p.state {
+        LinkState::Connected => format!("{GOOD}connected{GOOD:#}"),
+        LinkState::Connecting => format!("{WARN}connecting{WARN:#}"),
+        LinkState::Backoff => match p.next_attempt_ms {
+            Some(t) if t > now => format!(
+                "{WARN}backoff{WARN:#}, next attempt in {}",
+                humantime::format_duration(Duration::from_millis(t - now))
+            ),
+            _ => format!("{WARN}backoff{WARN:#}"),
+        },
+    };
+    let head = format!("{HEAD}peer {}{HEAD:#}: {state}", p.name);
+    let mut b = Block::new();
+    b.add("url", p.url.clone());
+    if let (Some(dir), Some(addr)) = (p.direction, &p.remote_addr) {
+        let dir = match dir {
+            Direction::Outbound => "outbound to",
+            Direction::Inbound => "inbound from",
+        };
+        let local = p
+            .local_addr
+            .as_ref()
+            .map(|l| format!(" (local {l})"))
+            .unwrap_or_default();
+        b.add("session", format!("{dir} {addr}{local}"));
+    }
+    if let Some(t) = p.connected_since_ms {
+        b.add("connected", ago(now, t));
+    }
+    if let Some(t) = p.last_handshake_ms {
+        b.add("handshake", ago(now, t));
+    }
+    if let Some(rtt) = p.rtt_us {
+        b.add("rtt", format!("{:.2} ms", rtt as f64 / 1000.0));
+    }
+    b.add(
+        "transfer",
+        format!(
+            "{} ({}) sent, {} ({}) received",
+            count(p.msgs_sent, "msg", "msgs"),
+            human_size(p.bytes_sent),
+            count(p.msgs_received, "msg", "msgs"),
+            human_size(p.bytes_received)
+        ),
+    );
+    let oldest = p
+        .oldest_queued_ms
+        .map(|t| format!(", oldest {}", ago(now, t)))
+        .unwrap_or_default();
+    b.add(
+        "queued",
+        format!(
+            "{} ({}){oldest}",
+            count(p.queued_msgs, "msg", "msgs"),
+            human_size(p.queued_bytes)
+        ),
+    );
+    b.add("reconnects", p.reconnects.to_string());
+    if let Some(e) = &p.last_error {
+        let when = p
+            .last_error_ms
+            .map(|t| format!(" ({})", ago(now, t)))
+            .unwrap_or_default();
+        b.add("last error", format!("{BAD}{e}{BAD:#}{when}"));
+    }
+    (head, b)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::size;
+    use super::*;
+    use peerlink::control::JournalStatus;
+
+    fn sample() -> Status {
+        Status {
+            instance: "a".into(),
+            node: "a".into(),
+            version: "0.1.0".into(),
+            pid: 42,
+            started_ms: 1_000,
+            now_ms: 1_000 + 3_723_000,
+            listen: "127.0.0.1:8080".into(),
+            socket: "/run/peerd/a/control.sock".into(),
+            state_dir: "/var/lib/peerd/a".into(),
+            journal: JournalStatus {
+                durable: false,
+                epoch: u64::MAX,
+                outbox_next: 3,
+                inbox_next: 1,
+                inbox_first: 1,
+            },
+            peers: vec![PeerStatus {
+                name: "b".into(),
+                url: "ws://127.0.0.1:8081/ws".into(),
+                state: LinkState::Backoff,
+                direction: None,
+                remote_addr: None,
+                local_addr: None,
+                connected_since_ms: None,
+                last_handshake_ms: None,
+                rtt_us: None,
+                next_attempt_ms: None,
+                msgs_sent: 1,
+                bytes_sent: 1536,
+                msgs_received: 0,
+                bytes_received: 0,
+                queued_msgs: 2,
+                queued_bytes: 10,
+                oldest_queued_ms: Some(1_000),
+                reconnects: 0,
+                last_error: Some("connection refused".into()),
+                last_error_ms: Some(1_000 + 3_722_000),
+            }],
+        }
+    }
 
     #[test]
-    fn sizes() {
-        assert_eq!(size(0), "0 B");
-        assert_eq!(size(1536), "1.5 KiB");
-        assert_eq!(size(3 << 20), "3.0 MiB");
+    fn sizes_durations_and_counts() {
+        assert_eq!(count(1, "msg", "msgs"), "1 msg");
+        assert_eq!(count(100_004, "msg", "msgs"), "100,004 msgs");
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+        assert_eq!(human_duration(3_723_999), "1h 2m 3s");
+        assert_eq!(human_duration(999), "0s");
+    }
+
+    #[test]
+    fn human_view_is_aligned_and_plain_once_stripped() {
+        let text = render(&sample());
+        assert!(text.contains("\x1b["), "styled for a terminal");
+        let plain = anstream::adapter::strip_str(&text).to_string();
+        let lines: Vec<&str> = plain.lines().collect();
+        assert_eq!(lines[0], "peerd a (node a, peerlink 0.1.0)");
+        assert!(plain.contains("\npeer b: backoff\n"), "{plain}");
+        assert!(plain.contains("  uptime:     1h 2m 3s\n"), "{plain}");
+        assert!(
+            plain.contains("  transfer:   1 msg (1.5 KiB) sent, 0 msgs (0 B) received\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("  last error: connection refused (1s ago)"),
+            "{plain}"
+        );
+        // Every value starts in the same column.
+        let starts: Vec<usize> = lines
+            .iter()
+            .filter(|l| l.starts_with("  "))
+            .map(|l| {
+                let colon = l.find(':').unwrap_or(0);
+                colon + 1 + l[colon + 1..].len() - l[colon + 1..].trim_start().len()
+            })
+            .collect();
+        assert_eq!(starts.len(), 10);
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{plain}");
+    }
+
+    #[test]
+    fn json_view_has_lowercase_enums_and_hex_epoch() {
+        let mut s = sample();
+        let v = serde_json::to_value(StatusJson::from(&s)).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["all_up"], false);
+        assert_eq!(v["uptime_ms"], 3_723_000);
+        assert_eq!(v["journal"]["epoch"], "ffffffffffffffff");
+        assert_eq!(v["peers"][0]["state"], "backoff");
+        assert_eq!(v["peers"][0]["direction"], serde_json::Value::Null);
+        s.peers[0].state = LinkState::Connected;
+        s.peers[0].direction = Some(Direction::Inbound);
+        let v = serde_json::to_value(StatusJson::from(&s)).unwrap();
+        assert_eq!(v["peers"][0]["state"], "connected");
+        assert_eq!(v["peers"][0]["direction"], "inbound");
+        assert_eq!(v["all_up"], true);
     }
 }

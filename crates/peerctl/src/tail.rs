@@ -1,6 +1,10 @@
-//! `peerctl tail`: print inbox entries, one per line, flushed as they come.
+//! `peerctl tail`: print inbox entries, one per line, flushed as they come
+//! (stdout is line-buffered). Colour only when stdout is a terminal and
+//! `NO_COLOR` is not set; `--json` is never coloured.
 
 use std::io::Write;
+
+use anstyle::{AnsiColor, Style};
 
 use peerlink::control::{Entry, Request, Response, TailStart};
 
@@ -21,6 +25,7 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
         })
         .await?;
     let stdout = std::io::stdout();
+    let colour = !args.json && crate::colour(&stdout);
     loop {
         match client.recv().await? {
             Response::Entries(entries) => {
@@ -28,6 +33,8 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
                 for e in &entries {
                     let line = if args.json {
                         json_line(e)
+                    } else if colour {
+                        styled_line(e)
                     } else {
                         text_line(e)
                     };
@@ -58,7 +65,43 @@ fn time(ms: u64) -> String {
 /// `TIME ORIGIN BODY`, with control characters in the body escaped so one
 /// message is always one line.
 pub fn text_line(e: &Entry) -> String {
-    let body = String::from_utf8_lossy(&e.body);
+    format!(
+        "{} {} {}",
+        time(e.received_ms),
+        e.origin,
+        shown_body(&e.body)
+    )
+}
+
+const TIME: Style = Style::new().dimmed();
+const PEER: Style = AnsiColor::Cyan.on_default().bold();
+const CLIENT: Style = AnsiColor::Magenta.on_default().bold();
+
+/// The style of an origin: peers and plain clients look different.
+pub fn origin_style(origin: &str) -> Style {
+    if origin.starts_with("client:") {
+        CLIENT
+    } else {
+        PEER
+    }
+}
+
+/// [`text_line`] with the time dimmed and the origin coloured.
+pub fn styled_line(e: &Entry) -> String {
+    let o = origin_style(&e.origin);
+    format!(
+        "{TIME}{}{TIME:#} {o}{}{o:#} {}",
+        time(e.received_ms),
+        e.origin,
+        shown_body(&e.body)
+    )
+}
+
+/// The body as one line of text: invalid UTF-8 replaced, newlines,
+/// backslashes and control characters escaped (so no message can move the
+/// cursor or fake another line).
+pub fn shown_body(body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
     let mut shown = String::with_capacity(body.len());
     for c in body.chars() {
         match c {
@@ -69,21 +112,36 @@ pub fn text_line(e: &Entry) -> String {
             c => shown.push(c),
         }
     }
-    format!("{} {} {}", time(e.received_ms), e.origin, shown)
+    shown
 }
 
-/// One JSON object; the body as a string (invalid UTF-8 replaced).
+/// `tail --json`: one object per line, fields in this order (README
+/// "tail --json").
+#[derive(serde::Serialize)]
+struct EntryJson<'a> {
+    seq: u64,
+    received: String,
+    received_ms: u64,
+    sent_ms: u64,
+    origin: &'a str,
+    origin_seq: u64,
+    /// The body as a string (invalid UTF-8 replaced by U+FFFD).
+    body: std::borrow::Cow<'a, str>,
+}
+
+/// One JSON object, on one line.
 pub fn json_line(e: &Entry) -> String {
-    serde_json::json!({
-        "seq": e.seq,
-        "received": time(e.received_ms),
-        "received_ms": e.received_ms,
-        "sent_ms": e.sent_ms,
-        "origin": e.origin,
-        "origin_seq": e.origin_seq,
-        "body": String::from_utf8_lossy(&e.body),
-    })
-    .to_string()
+    let v = EntryJson {
+        seq: e.seq,
+        received: time(e.received_ms),
+        received_ms: e.received_ms,
+        sent_ms: e.sent_ms,
+        origin: &e.origin,
+        origin_seq: e.origin_seq,
+        body: String::from_utf8_lossy(&e.body),
+    };
+    // A struct of strings and numbers always serializes.
+    serde_json::to_string(&v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -101,8 +159,14 @@ mod tests {
             body: b"two\nlines\\".to_vec(),
         };
         assert_eq!(text_line(&e), "1970-01-01T00:00:00.000Z b two\\nlines\\\\");
+        assert!(json_line(&e).starts_with("{\"seq\":1,\"received\":\"1970-01-01T00:00:00.000Z\""));
         let v: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
         assert_eq!(v["body"], "two\nlines\\");
         assert_eq!(v["origin"], "b");
+        assert_eq!(
+            anstream::adapter::strip_str(&styled_line(&e)).to_string(),
+            text_line(&e)
+        );
+        assert_eq!(shown_body(b"\x1b[2J"), "\\u{1b}[2J");
     }
 }

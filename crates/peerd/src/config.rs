@@ -59,6 +59,9 @@ pub struct Config {
     pub inbox_retention_age: Option<Duration>,
     pub inbox_retention_bytes: u64,
     pub fsync: Fsync,
+    /// Accept plain WebSocket clients (no `peerlink.v1` subprotocol) even
+    /// when a secret is set. See [`Config::plain_clients_allowed`].
+    pub plain_clients: bool,
 }
 
 /// The file form: every key optional, unknown keys refused.
@@ -80,6 +83,7 @@ struct File {
     outbox_limit: Option<OutboxLimit>,
     inbox_retention: Option<Retention>,
     fsync: Option<Fsync>,
+    plain_clients: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,9 +255,20 @@ impl Config {
                 .map(|s| s.0)
                 .unwrap_or(1 << 30),
             fsync: file.fsync.unwrap_or(Fsync::Batch),
+            plain_clients: file.plain_clients.unwrap_or(false),
         };
         cfg.check().map_err(err)?;
         Ok(cfg)
+    }
+
+    /// Whether plain WebSocket clients may connect (SPEC §7): always when
+    /// no secret is configured, and with a secret only if `plain_clients =
+    /// true`, so they never bypass peer authentication.
+    ///
+    /// No secret exists in this version yet, so this is `true`; the
+    /// security branch makes it `self.plain_clients || secret.is_none()`.
+    pub fn plain_clients_allowed(&self) -> bool {
+        true
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -303,6 +318,7 @@ impl Config {
             Fsync::Never => "never",
         };
         let _ = writeln!(s, "fsync = \"{fsync}\"");
+        let _ = writeln!(s, "plain_clients = {}", self.plain_clients);
         let _ = writeln!(
             s,
             "outbox_limit = {{ bytes = \"{}\", messages = {} }}",
@@ -358,6 +374,11 @@ mod tests {
         assert_eq!(a.backoff_max, Duration::from_secs(30));
         assert_eq!(a.max_message, 1 << 20);
         assert_eq!(a.fsync, Fsync::Batch);
+        assert!(!a.plain_clients);
+        assert!(
+            a.plain_clients_allowed(),
+            "no secret: plain clients welcome"
+        );
     }
 
     #[test]
@@ -381,6 +402,7 @@ mod tests {
             max_message = "64KiB"
             fsync = "never"
             outbox_limit = { messages = 10 }
+            plain_clients = true
             [[peer]]
             name = "beta"
             url = "ws://127.0.0.1:9001/ws"
@@ -391,6 +413,7 @@ mod tests {
         assert_eq!(c.max_message, 65536);
         assert_eq!(c.fsync, Fsync::Never);
         assert_eq!(c.outbox_limit_messages, 10);
+        assert!(c.plain_clients);
         assert_eq!(c.peers[0].name, "beta");
         // The rendering parses back to the same thing.
         let again = Config::parse("x", &c.render(), "rendered").unwrap();

@@ -5,18 +5,20 @@
 //!
 //! ```text
 //! peer session (ws in) ──┐                              ┌──▶ peer session (ws out)
-//! peerctl send ──────────┼──▶ journal: append, assign ──┤
-//!                        │    seq, store, publish       └──▶ peerctl tail
+//! plain client (ws in) ──┼──▶ journal: append, assign ──┼──▶ plain clients
+//! peerctl send ──────────┘    seq, store, publish       └──▶ peerctl tail
 //! ```
 //!
 //! | module      | owns                                                     |
 //! |-------------|----------------------------------------------------------|
+//! | `cli`       | the command line (also feeds man page and completions)   |
 //! | `config`    | the effective configuration and its file format          |
 //! | `journal`   | outbox, inbox, per-peer delivery state; the only writer  |
 //! | `wire`      | the peer protocol (frames, version, limits)              |
 //! | `handshake` | the Hello exchange                                       |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
+//! | `plain`     | plain WebSocket clients (no `peerlink.v1`, SPEC §7)      |
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
 //! | `server`    | the control socket (`peerctl`)                           |
@@ -24,6 +26,7 @@
 //! | `daemon`    | wiring it all together and shutting it down              |
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dial;
@@ -32,6 +35,7 @@ pub mod handshake;
 pub mod journal;
 pub mod link;
 pub mod listener;
+pub mod plain;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -1,6 +1,9 @@
 //! The WebSocket listener: accepts connections on `listen`, upgrades them
 //! at `path`, runs the listener's side of the Hello exchange and hands the
-//! session to the link task of the peer that introduced itself.
+//! session to the link task of the peer that introduced itself. A client
+//! that does not ask for `peerlink.v1` is a plain WebSocket client: it is
+//! handed to [`crate::plain`] when plain clients are allowed, and closed
+//! with a reason when they are not.
 //!
 //! Every connection is bounded before it costs anything: at most
 //! `max_pending_handshakes` handshakes at once (a permit is taken before
@@ -24,7 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::handshake::{self, Established};
 use crate::journal::Journal;
-use crate::transport::{Io, ws_config};
+use crate::plain;
+use crate::transport::{Io, Ws, ws_config};
 use crate::wire::{PeerFrame, SUBPROTOCOL};
 
 /// What the listener needs to hand sessions on.
@@ -43,6 +47,7 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.cfg.max_pending_handshakes));
+    let plain_slots = Arc::new(Semaphore::new(plain::MAX_CLIENTS));
     let mut refused_logged = false;
     loop {
         let (tcp, remote) = tokio::select! {
@@ -72,6 +77,7 @@ pub async fn run(
         refused_logged = false;
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let plain_slots = plain_slots.clone();
         tracker.spawn(async move {
             let timeout = ctx.cfg.handshake_timeout;
             let result = tokio::select! {
@@ -82,23 +88,37 @@ pub async fn run(
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
-                Ok(Ok(est)) => {
+                Ok(Ok(Accepted::Peer(est))) => {
                     if let Some(link) = ctx.links.get(&est.hello.node) {
                         let _ = link.send(est).await;
                     }
                 }
+                Ok(Ok(Accepted::Plain(ws))) => match plain_slots.try_acquire_owned() {
+                    Ok(slot) => {
+                        plain::serve(ws, remote, ctx.cfg.clone(), ctx.journal.clone(), shutdown).await;
+                        drop(slot);
+                    }
+                    Err(_) => {
+                        tracing::warn!(%remote, "too many plain WebSocket clients ({}); refused", plain::MAX_CLIENTS);
+                        plain::refuse_busy(ws).await;
+                    }
+                },
             }
         });
     }
 }
 
+/// What an accepted connection turned out to be.
+enum Accepted {
+    /// A peer, past its handshake.
+    Peer(Established),
+    /// A plain WebSocket client (no `peerlink.v1`), upgraded.
+    Plain(Ws),
+}
+
 /// Upgrade and handshake one connection.
 #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
-async fn accept(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    ctx: &Accepting,
-) -> Result<Established, String> {
+async fn accept(tcp: TcpStream, remote: SocketAddr, ctx: &Accepting) -> Result<Accepted, String> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let io: Box<dyn Io> = Box::new(tcp);
@@ -132,12 +152,18 @@ async fn accept(
             .await
             .map_err(|e| format!("websocket upgrade: {e}"))?;
     if !wants_peer {
-        handshake::refuse_protocol(
-            ws,
-            "plain WebSocket clients are not accepted yet; use subprotocol peerlink.v1",
-        )
-        .await;
-        return Err("plain WebSocket client refused".into());
+        if !ctx.cfg.plain_clients_allowed() {
+            handshake::refuse(
+                ws,
+                plain::CLOSE_POLICY,
+                "plain WebSocket clients are not accepted here (a secret is set); peers use subprotocol peerlink.v1",
+            )
+            .await;
+            return Err(
+                "plain WebSocket client refused: a secret is set and plain_clients is off".into(),
+            );
+        }
+        return Ok(Accepted::Plain(ws));
     }
     let hello = match handshake::read_frame(&mut ws).await? {
         PeerFrame::Hello(h) => h,
@@ -149,12 +175,12 @@ async fn accept(
     }
     let mine = handshake::hello_for(&ctx.cfg, &ctx.journal, &hello.node);
     handshake::send_frame(&mut ws, &PeerFrame::Hello(mine)).await?;
-    Ok(Established {
+    Ok(Accepted::Peer(Established {
         ws,
         dialled_by: hello.node.clone(),
         hello,
         direction: Direction::Inbound,
         remote,
         local,
-    })
+    }))
 }

@@ -5,54 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use peerd::cli::{Cli, Command};
 use peerd::config::Config;
 use peerd::daemon::{self, Paths};
 use peerd::service::detach::{self, Readiness, Side};
 use peerlink::paths::{self, Env};
 use tokio_util::sync::CancellationToken;
-
-/// peerlink daemon: keeps one persistent, authenticated WebSocket link to a
-/// peer daemon and delivers messages across it exactly once, in order.
-#[derive(Parser)]
-#[command(name = "peerd", version, args_conflicts_with_subcommands = true)]
-struct Cli {
-    /// Instance name (`a` and `b` work without a config file).
-    instance: Option<String>,
-    /// Config file [default: /etc/peerd/<instance>.toml, or built-in for a and b].
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-    /// Control socket path [default: see README "Paths"].
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// State directory (journal) [default: see README "Paths"].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Log filter, e.g. `info`, `debug`, `peerd=trace` (or RUST_LOG).
-    #[arg(long, value_name = "FILTER", env = "PEERD_LOG", default_value = "info")]
-    log: String,
-    /// Detach into the background (hosts without systemd); returns once
-    /// the daemon is ready, or fails with its error.
-    #[arg(long)]
-    daemon: bool,
-    /// With --daemon: pidfile, locked while the daemon runs [default: <state dir>/peerd.pid].
-    #[arg(long, value_name = "PATH", requires = "daemon")]
-    pidfile: Option<PathBuf>,
-    /// With --daemon: log file, appended to [default: <state dir>/peerd.log].
-    #[arg(long, value_name = "PATH", requires = "daemon")]
-    log_file: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the effective config (secrets masked); non-zero on any problem.
-    CheckConfig {
-        /// Instance name.
-        instance: String,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
