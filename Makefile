@@ -1,5 +1,7 @@
 # peerlink: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
+# Where `make man` and `make completions` write (and `make install` reads).
+GEN_DIR ?= target
 
 .PHONY: all build demo test lint clean bench release install uninstall verify-units man completions
 
@@ -25,12 +27,12 @@ lint:
 ## man: man pages of peerd and peerctl (one per subcommand too) in
 ## target/man, generated from the clap definitions (crates/xtask).
 man:
-	$(CARGO) run --quiet -p xtask -- man target/man
+	$(CARGO) run --quiet -p xtask -- man $(GEN_DIR)/man
 
 ## completions: completion scripts of both binaries for bash, zsh, fish,
 ## elvish and powershell in target/completions.
 completions:
-	$(CARGO) run --quiet -p xtask -- completions target/completions
+	$(CARGO) run --quiet -p xtask -- completions $(GEN_DIR)/completions
 
 clean:
 	$(CARGO) clean
@@ -50,14 +52,23 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 DOCDIR = $(PREFIX)/share/doc/peerlink
 INSTALL ?= install
 
+MANDIR = $(PREFIX)/share/man/man1
+BASHDIR = $(PREFIX)/share/bash-completion/completions
+ZSHDIR = $(PREFIX)/share/zsh/site-functions
+FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
+MANPAGES = peerd peerd-check-config peerctl peerctl-attach peerctl-completions \
+	peerctl-send peerctl-status peerctl-tail
+
 INSTALLED = $(BINDIR)/peerd $(BINDIR)/peerctl \
 	$(UNITDIR)/peerd@.service $(SYSUSERSDIR)/peerd.conf \
-	$(DOCDIR)/peerd.example.toml
-# Shell completions and man pages (generated from clap; another issue)
-# go here: add them to INSTALLED and install them in `install`.
+	$(DOCDIR)/peerd.example.toml \
+	$(foreach m,$(MANPAGES),$(MANDIR)/$(m).1) \
+	$(BASHDIR)/peerd $(BASHDIR)/peerctl $(ZSHDIR)/_peerd $(ZSHDIR)/_peerctl \
+	$(FISHDIR)/peerd.fish $(FISHDIR)/peerctl.fish
 
 release:
 	$(CARGO) build --release -p peerd -p peerctl
+	$(MAKE) --no-print-directory man completions
 
 install:
 	@for b in peerd peerctl; do \
@@ -69,7 +80,14 @@ install:
 	chmod 0644 $(DESTDIR)$(UNITDIR)/peerd@.service
 	$(INSTALL) -m 0644 systemd/peerd.sysusers $(DESTDIR)$(SYSUSERSDIR)/peerd.conf
 	$(INSTALL) -m 0644 systemd/peerd.example.toml $(DESTDIR)$(DOCDIR)/peerd.example.toml
-	@# Completions and man pages: install them here (see INSTALLED).
+	@test -f "$(GEN_DIR)/man/peerd.1" -a -f "$(GEN_DIR)/completions/peerd.bash" || { echo "install: man pages and completions not generated: run \`make man completions\` (or \`make release\`) first" >&2; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(MANDIR) $(DESTDIR)$(BASHDIR) $(DESTDIR)$(ZSHDIR) $(DESTDIR)$(FISHDIR)
+	$(INSTALL) -m 0644 $(foreach m,$(MANPAGES),$(GEN_DIR)/man/$(m).1) $(DESTDIR)$(MANDIR)/
+	for b in peerd peerctl; do \
+	  $(INSTALL) -m 0644 $(GEN_DIR)/completions/$$b.bash $(DESTDIR)$(BASHDIR)/$$b && \
+	  $(INSTALL) -m 0644 $(GEN_DIR)/completions/_$$b $(DESTDIR)$(ZSHDIR)/_$$b && \
+	  $(INSTALL) -m 0644 $(GEN_DIR)/completions/$$b.fish $(DESTDIR)$(FISHDIR)/$$b.fish || exit 1; \
+	done
 	@if [ -z "$(DESTDIR)" ]; then \
 	  echo "installed; next (as root): systemd-sysusers && systemctl daemon-reload"; \
 	fi
@@ -82,7 +100,7 @@ uninstall:
 ## temp prefix with the debug binaries, since verify checks that ExecStart
 ## exists), its sandboxing score, and the sysusers file. Any output is a
 ## failure. Skipped with a message where systemd-analyze is missing.
-verify-units: build
+verify-units: build man completions
 	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
 	  echo "verify-units: SKIPPED: systemd-analyze not found (apt-get install systemd)"; exit 0; \
 	fi; \

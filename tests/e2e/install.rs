@@ -44,9 +44,13 @@ fn files_under(root: &Path) -> Vec<String> {
     out
 }
 
-fn make(target: &str, destdir: &Path, prefix: &str) {
+fn make(target: &str, destdir: &Path, prefix: &str, gen_dir: Option<&Path>) {
     let bin_dir = peerd_bin().parent().expect("bin dir");
-    let out = Command::new("make")
+    let mut cmd = Command::new("make");
+    if let Some(g) = gen_dir {
+        cmd.arg(format!("GEN_DIR={}", g.display()));
+    }
+    let out = cmd
         .current_dir(repo())
         .args(["--no-print-directory", "-s", target])
         .arg(format!("DESTDIR={}", destdir.display()))
@@ -76,7 +80,22 @@ fn make_install_lays_out_exactly_the_documented_files_and_uninstall_removes_them
     let mut want: Vec<String> = want_rel.iter().map(|p| format!("/usr{p}")).collect();
     want.sort();
 
-    make("install", &dest, "/usr");
+    // Man pages and completions come from the clap definitions.
+    let gen_dir = sb.path().join("gen");
+    let gen_out = Command::new("make")
+        .current_dir(repo())
+        .args(["--no-print-directory", "-s", "man", "completions"])
+        .arg(format!("GEN_DIR={}", gen_dir.display()))
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .output()
+        .expect("make man completions");
+    assert!(
+        gen_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen_out.stderr)
+    );
+    make("install", &dest, "/usr", Some(&gen_dir));
     assert_eq!(files_under(&dest), want, "installed files vs README");
 
     // The unit runs the installed binary, not the default prefix's.
@@ -99,7 +118,7 @@ fn make_install_lays_out_exactly_the_documented_files_and_uninstall_removes_them
         .expect("installed peerd");
     assert!(v.status.success());
 
-    make("uninstall", &dest, "/usr");
+    make("uninstall", &dest, "/usr", None);
     assert_eq!(
         files_under(&dest),
         Vec::<String>::new(),
