@@ -2,4 +2,5 @@
 //! `peerctl` (fixtures in `tests/support`).
 
 mod cli;
+mod durability;
 mod link;

@@ -142,7 +142,10 @@ impl Client {
 
 fn map_frame(e: FrameError) -> CtlError {
     match e {
-        FrameError::Io(e) => CtlError::Io(e),
+        // Not `CtlError::Io`: a broken pipe on the control socket is the
+        // daemon going away mid-request (a `send` that may not be stored),
+        // never the harmless closed stdout that `main` treats as success.
+        FrameError::Io(e) => CtlError::Protocol(format!("connection lost: {e}")),
         other => CtlError::Protocol(other.to_string()),
     }
 }
