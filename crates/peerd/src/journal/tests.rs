@@ -199,6 +199,31 @@ async fn the_epoch_is_made_once_and_kept() {
 }
 
 #[tokio::test]
+async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    let old = j.epoch();
+    j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()])
+        .await
+        .unwrap();
+    j.ack("b", 3);
+    j.close().await;
+    drop(j);
+    // The outbox lost records the peer has: reusing their numbers would
+    // make the peer drop new messages as duplicates.
+    for e in std::fs::read_dir(tmp.path().join("outbox")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_ne!(j.epoch(), old);
+    assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((1, 1)));
+    j.close().await;
+    drop(j);
+    let again = Journal::open(opts(tmp.path())).unwrap();
+    assert_ne!(again.epoch(), old, "the new epoch was written down");
+}
+
+#[tokio::test]
 async fn reopen_after_every_kind_of_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
