@@ -130,7 +130,12 @@ pub async fn run(
         tracing::warn!("some tasks did not finish within 2s; exiting anyway");
     }
     // Every task that could write is gone: write the journal's state down.
-    journal.close().await;
+    if tokio::time::timeout(Duration::from_secs(2), journal.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the journal did not close within 2s; exiting anyway");
+    }
     // The listener (and its reclaim-on-drop) is gone with its task; make
     // sure the file is too.
     let _ = std::fs::remove_file(&paths.socket);
