@@ -216,11 +216,8 @@ fn sigkill_of_the_receiver_mid_stream_loses_and_repeats_nothing() {
     b.wait(LONG, "b receives everything", |b| inbox_len(b) >= N);
     let inbox = assert_exactly_once(&b, N);
     assert_eq!(inbox[N as usize - 1]["body"], format!("rx-{N:06}"));
-    let counted = b.peer("a")["msgs_received"].as_u64().unwrap_or(0);
-    assert!(
-        counted <= N,
-        "received counter counts duplicates: {counted}"
-    );
+    // The counter is rebuilt from the same records: no resend counted.
+    assert_eq!(b.peer("a")["msgs_received"], N);
 }
 
 #[test]
@@ -253,7 +250,7 @@ fn stop_both_start_both_delivers_the_queue_and_keeps_history_and_counters() {
         "history before the restart"
     );
     assert_eq!(inbox[299]["body"], "queued-000200");
-    assert!(b.peer("a")["msgs_received"].as_u64().unwrap_or(0) >= 300);
+    assert_eq!(b.peer("a")["msgs_received"], 300);
     a.wait(LONG, "a's queue drains", |a| {
         a.peer("b")["queued_msgs"] == 0
     });
