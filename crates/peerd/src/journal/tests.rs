@@ -409,3 +409,71 @@ async fn closed_journal_refuses_writes() {
         Err(JournalError::Closed)
     );
 }
+
+/// Not a timed test: prints how fast the journal absorbs 64-byte messages
+/// with one fsync per batch, on both sides. Run it with
+/// `cargo test --release -p peerd journal_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn journal_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    o.outbox_limit_messages = u64::MAX;
+    o.outbox_limit_bytes = u64::MAX;
+    o.inbox_retention_bytes = u64::MAX;
+    o.segment_bytes = SEGMENT_BYTES;
+    let j = Journal::open(o).unwrap();
+    const N: u64 = 2_000_000;
+    // Sender side: `peerctl send` batches, a few in flight.
+    let t = std::time::Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..N / 50_000 {
+        let j = j.clone();
+        pending.push(tokio::spawn(async move {
+            j.append_outbox(vec![vec![7u8; 64]; 50_000]).await
+        }));
+        if pending.len() >= 8 {
+            pending.remove(0).await.unwrap().unwrap();
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    let s = t.elapsed();
+    // Receiver side: peer frames of ~256 KiB (about 3,000 records).
+    let t = std::time::Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    let mut seq = 1;
+    while seq <= N {
+        let records: Vec<Record> = (seq..seq + 3000)
+            .map(|s| Record {
+                seq: s,
+                sent_ms: 1,
+                body: vec![7u8; 64],
+            })
+            .collect();
+        seq += 3000;
+        pending.push_back(j.append_inbox("b".into(), 7, records));
+        if pending.len() >= 64 {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    while let Some(p) = pending.pop_front() {
+        p.await.unwrap();
+    }
+    let r = t.elapsed();
+    // Reading the outbox back, as a session sends it.
+    let t = std::time::Instant::now();
+    let mut next = 1;
+    while next <= N {
+        let recs = j.read_outbox(next, 256 << 10).unwrap();
+        next = recs.last().unwrap().seq + 1;
+    }
+    let rd = t.elapsed();
+    eprintln!(
+        "{N} x 64 B: outbox {:.2}M appends/s, inbox {:.2}M appends/s, outbox reads {:.2}M/s",
+        N as f64 / s.as_secs_f64() / 1e6,
+        (seq - 1) as f64 / r.as_secs_f64() / 1e6,
+        N as f64 / rd.as_secs_f64() / 1e6
+    );
+}
