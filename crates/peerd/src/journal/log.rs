@@ -643,10 +643,10 @@ enum Walked {
     Bad { offset: u64, seq: u64, why: String },
 }
 
-/// Walk the records of `file` from `offset` (record `seq`, at position
-/// `pos0 + offset`... with `pos0` the segment's position) up to `end`,
-/// checking each. `visit(seq, pos, payload after seq)` returns false to
-/// stop before that record.
+/// Walk the records of a segment `file` from `offset` (where record `seq`
+/// starts) up to `end`, checking each. `visit(seq, pos, payload after the
+/// seq)` gets each record's position in the log's byte stream (`seg_pos +
+/// offset`) and returns false to stop before that record.
 fn walk(
     file: &File,
     mut offset: u64,

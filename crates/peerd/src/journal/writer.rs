@@ -164,10 +164,10 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         );
     }
     for p in peers.values_mut() {
-        p.acked_next = p.acked_next.clamp(outbox.first(), outbox.next());
+        p.acked_next = p.acked_next.max(outbox.first()).min(outbox.next());
     }
     let floor = floor_of(&opts.peers, &peers, outbox.next());
-    let inbox_first = file.inbox_first.clamp(inbox.first(), inbox.next());
+    let inbox_first = file.inbox_first.max(inbox.first()).min(inbox.next());
     tracing::info!(
         "journal {}: epoch {epoch:016x}, outbox {}..{}, inbox {}..{} ({replayed} records replayed)",
         dir.display(),
