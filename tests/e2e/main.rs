@@ -4,6 +4,7 @@
 mod attach;
 mod cli;
 mod detach;
+mod durability;
 mod install;
 mod link;
 mod plain;

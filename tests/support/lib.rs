@@ -10,6 +10,8 @@
 //! - Nothing sleeps a fixed time: [`wait_until`] polls a condition until a
 //!   deadline.
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -146,10 +146,10 @@ impl Client {
 
 fn map_frame(e: FrameError) -> CtlError {
     match e {
-        // Not `CtlError::Io`: main treats a broken pipe there as success
-        // (stdout closed by `| head`), and a request the daemon never read
-        // must not be reported as sent.
-        FrameError::Io(e) => CtlError::Protocol(format!("connection lost (shutting down?): {e}")),
+        // Not `CtlError::Io`: a broken pipe on the control socket is the
+        // daemon going away mid-request (a `send` that may not be stored),
+        // never the harmless closed stdout that `main` treats as success.
+        FrameError::Io(e) => CtlError::Protocol(format!("connection lost: {e}")),
         other => CtlError::Protocol(other.to_string()),
     }
 }

@@ -64,13 +64,21 @@ pub async fn run(
             "fsync = \"never\": accepted messages can be lost in a crash; use only for benchmarks"
         );
     }
+    let journal_dir = paths.state_dir.join("journal");
     let journal = Journal::open(journal::Options {
+        dir: journal_dir.clone(),
         peers: cfg.peers.iter().map(|p| p.name.clone()).collect(),
         outbox_limit_bytes: cfg.outbox_limit_bytes,
         outbox_limit_messages: cfg.outbox_limit_messages,
         inbox_retention_bytes: cfg.inbox_retention_bytes,
         inbox_retention_age: cfg.inbox_retention_age,
-    });
+        fsync: cfg.fsync == Fsync::Batch,
+        segment_bytes: journal::SEGMENT_BYTES,
+    })
+    .map_err(|e| Error::Journal {
+        path: journal_dir,
+        message: e.to_string(),
+    })?;
 
     let tracker = TaskTracker::new();
     let mut links = HashMap::new();
@@ -135,6 +143,13 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("some tasks did not finish within 1.5s; exiting anyway");
+    }
+    // Every task that could write is gone: write the journal's state down.
+    if tokio::time::timeout(Duration::from_secs(2), journal.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the journal did not close within 2s; exiting anyway");
     }
     // The listener (and its reclaim-on-drop) is gone with its task; make
     // sure the file is too.

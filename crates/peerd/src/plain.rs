@@ -201,7 +201,13 @@ async fn outbound(
             }
         }
         watch.borrow_and_update();
-        let read = journal.read_inbox(next, CHUNK, CHUNK_BYTES);
+        let read = match journal.read_inbox(next, CHUNK, CHUNK_BYTES) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("plain client: cannot read the inbox: {e}");
+                return Ending::Close(1011, "internal error".into());
+            }
+        };
         // Trimmed by retention before this client got to it: skip ahead.
         next = next.max(read.first);
         if !read.entries.is_empty() {

@@ -218,6 +218,10 @@ async fn send(
             kind: ErrorKind::ShuttingDown,
             message: e.to_string(),
         }],
+        Err(e @ JournalError::Storage(_)) => vec![Response::Error {
+            kind: ErrorKind::Internal,
+            message: e.to_string(),
+        }],
     }
 }
 
@@ -231,6 +235,12 @@ fn status(ctx: &Control) -> Status {
             s.queued_msgs = msgs;
             s.queued_bytes = bytes;
             s.oldest_queued_ms = oldest;
+            // Traffic counters live in the journal, so they survive restarts.
+            let c = ctx.journal.counters(&s.name);
+            s.msgs_sent = c.msgs_sent;
+            s.bytes_sent = c.bytes_sent;
+            s.msgs_received = c.msgs_received;
+            s.bytes_received = c.bytes_received;
             s
         })
         .collect();
@@ -265,9 +275,24 @@ async fn tail(
     };
     let mut caught_up = false;
     loop {
-        let read = ctx
+        let read = match ctx
             .journal
-            .read_inbox(next, TAIL_CHUNK, (MAX_FRAME / 2) as u64);
+            .read_inbox(next, TAIL_CHUNK, (MAX_FRAME / 2) as u64)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("tail: {e}");
+                let _ = frame::send(
+                    &mut writer,
+                    &Response::Error {
+                        kind: ErrorKind::Internal,
+                        message: e.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
         if read.first > next {
             // Only a gap in what was asked for: history before the inbox
             // began at 1 was never there to lose.

@@ -118,12 +118,8 @@ impl Session {
                                 "data of epoch {epoch} in a session of epoch {peer_epoch}"
                             ));
                         }
-                        let n = records.len() as u64;
-                        let b: u64 = records.iter().map(|r| r.body.len() as u64).sum();
-                        self.board.update(|s| {
-                            s.msgs_received += n;
-                            s.bytes_received += b;
-                        });
+                        // (The journal counts what it stores, duplicates
+                        // dropped.)
                         let write = self.journal.append_inbox(self.peer.clone(), epoch, records);
                         let _ = pending.send(Box::pin(write));
                     }
@@ -197,7 +193,10 @@ impl Session {
             let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
             if window_open {
                 outbox.borrow_and_update();
-                let records = self.journal.read_outbox(next, batch_bytes);
+                let records = self
+                    .journal
+                    .read_outbox(next, batch_bytes)
+                    .map_err(|e| e.to_string())?;
                 if let Some(last) = records.last().map(|r| r.seq) {
                     let bytes = body_bytes(&records);
                     let n = records.len() as u64;
@@ -212,10 +211,7 @@ impl Session {
                     .await?;
                     in_flight.push_back((last, bytes));
                     in_flight_bytes += bytes;
-                    self.board.update(|s| {
-                        s.msgs_sent += n;
-                        s.bytes_sent += bytes;
-                    });
+                    self.journal.count_sent(&self.peer, n, bytes);
                     continue;
                 }
             }

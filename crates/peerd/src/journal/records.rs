@@ -1,0 +1,132 @@
+//! What the journal's records hold, after the seq the log puts first (see
+//! `log`). Fixed little-endian fields, so the on-disk format never depends
+//! on a serialization library's choices.
+//!
+//! | log    | payload after the seq                                              |
+//! |--------|--------------------------------------------------------------------|
+//! | outbox | sent_ms u64, body                                                  |
+//! | inbox  | received_ms u64, sent_ms u64, origin_epoch u64, origin_seq u64, origin_len u8, origin, body |
+//!
+//! An inbox record from a peer carries the peer's epoch and seq: the record
+//! is itself the "next expected from this peer" update, so storing the
+//! message and moving that number are one write. Local messages (plain
+//! WebSocket clients) have origin_epoch 0.
+
+use peerlink::control::Entry;
+
+use crate::wire::Record;
+
+/// Encode an outbox message.
+pub fn put_outbox(buf: &mut Vec<u8>, sent_ms: u64, body: &[u8]) {
+    buf.extend_from_slice(&sent_ms.to_le_bytes());
+    buf.extend_from_slice(body);
+}
+
+/// Decode an outbox message numbered `seq`.
+pub fn get_outbox(seq: u64, data: &[u8]) -> Option<Record> {
+    let (sent_ms, body) = take_u64(data)?;
+    Some(Record {
+        seq,
+        sent_ms,
+        body: body.to_vec(),
+    })
+}
+
+/// The fields of an inbox record besides its body and seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxMeta<'a> {
+    pub received_ms: u64,
+    pub sent_ms: u64,
+    pub origin_epoch: u64,
+    pub origin_seq: u64,
+    pub origin: &'a str,
+}
+
+/// Encode an inbox message.
+pub fn put_inbox(buf: &mut Vec<u8>, m: &InboxMeta<'_>, body: &[u8]) {
+    buf.extend_from_slice(&m.received_ms.to_le_bytes());
+    buf.extend_from_slice(&m.sent_ms.to_le_bytes());
+    buf.extend_from_slice(&m.origin_epoch.to_le_bytes());
+    buf.extend_from_slice(&m.origin_seq.to_le_bytes());
+    let mut n = m.origin.len().min(255);
+    while !m.origin.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf.push(n as u8);
+    buf.extend_from_slice(&m.origin.as_bytes()[..n]);
+    buf.extend_from_slice(body);
+}
+
+/// Decode an inbox record's fields; returns them and the body.
+pub fn get_inbox_meta(data: &[u8]) -> Option<(InboxMeta<'_>, &[u8])> {
+    let (received_ms, rest) = take_u64(data)?;
+    let (sent_ms, rest) = take_u64(rest)?;
+    let (origin_epoch, rest) = take_u64(rest)?;
+    let (origin_seq, rest) = take_u64(rest)?;
+    let (&n, rest) = rest.split_first()?;
+    let origin = std::str::from_utf8(rest.get(..n as usize)?).ok()?;
+    let body = &rest[n as usize..];
+    Some((
+        InboxMeta {
+            received_ms,
+            sent_ms,
+            origin_epoch,
+            origin_seq,
+            origin,
+        },
+        body,
+    ))
+}
+
+/// Decode an inbox record numbered `seq` as `tail` shows it.
+pub fn get_inbox(seq: u64, data: &[u8]) -> Option<Entry> {
+    let (m, body) = get_inbox_meta(data)?;
+    Some(Entry {
+        seq,
+        received_ms: m.received_ms,
+        sent_ms: m.sent_ms,
+        origin: m.origin.to_string(),
+        origin_seq: m.origin_seq,
+        body: body.to_vec(),
+    })
+}
+
+fn take_u64(data: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = data.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*head), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_short_data() {
+        let mut b = Vec::new();
+        put_outbox(&mut b, 5, b"hi");
+        assert_eq!(
+            get_outbox(3, &b),
+            Some(Record {
+                seq: 3,
+                sent_ms: 5,
+                body: b"hi".to_vec()
+            })
+        );
+        assert_eq!(get_outbox(3, &b[..7]), None);
+        let m = InboxMeta {
+            received_ms: 1,
+            sent_ms: 2,
+            origin_epoch: 3,
+            origin_seq: 4,
+            origin: "client:127.0.0.1:5",
+        };
+        let mut b = Vec::new();
+        put_inbox(&mut b, &m, b"body");
+        assert_eq!(get_inbox_meta(&b), Some((m, &b"body"[..])));
+        let e = get_inbox(9, &b).unwrap();
+        assert_eq!((e.seq, e.origin.as_str(), e.origin_seq), (9, m.origin, 4));
+        for cut in 0..b.len() - 4 {
+            assert_eq!(get_inbox_meta(&b[..cut]), None, "cut at {cut}");
+        }
+    }
+}

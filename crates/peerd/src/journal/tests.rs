@@ -1,0 +1,479 @@
+//! Journal behaviour through its public handle: numbering, acks, limits,
+//! duplicates and epochs, retention, and reopening after every kind of
+//! write, cleanly or as a crash would leave the files.
+
+use std::path::Path;
+
+use super::*;
+
+fn opts(dir: &Path) -> Options {
+    Options {
+        dir: dir.to_path_buf(),
+        peers: vec!["b".into()],
+        outbox_limit_bytes: 1 << 20,
+        outbox_limit_messages: 5,
+        inbox_retention_bytes: 1 << 20,
+        inbox_retention_age: None,
+        fsync: true,
+        segment_bytes: 4096,
+    }
+}
+
+fn rec(seq: u64, body: &str) -> Record {
+    Record {
+        seq,
+        sent_ms: 1,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn segments(dir: &Path, log: &str) -> usize {
+    std::fs::read_dir(dir.join(log)).unwrap().count()
+}
+
+/// The files as a crash at this moment would leave them (the writer
+/// thread does not get to write anything more).
+fn crash_copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            crash_copy(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+fn origin_seqs(j: &Journal) -> Vec<u64> {
+    j.read_inbox(1, 10_000, 1 << 30)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.origin_seq)
+        .collect()
+}
+
+#[tokio::test]
+async fn outbox_numbers_reads_and_trims_by_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert!(j.durable());
+    assert_eq!(
+        j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()]).await,
+        Ok((1, 2))
+    );
+    assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((3, 3)));
+    let got = j.read_outbox(2, 1 << 20).unwrap();
+    assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(got[1].body, b"z");
+    let (msgs, bytes, oldest) = j.queued("b");
+    assert_eq!((msgs, bytes), (3, 3 * (24 + 1)));
+    assert!(oldest.is_some());
+    j.ack("b", 3);
+    assert_eq!(j.queued("b").0, 1);
+    assert_eq!(*j.watch_acked().borrow(), 3);
+    j.ack("b", 99); // never beyond what exists
+    assert_eq!(j.peer("b").acked_next, 4);
+    assert_eq!(j.queued("b"), (0, 0, None));
+}
+
+#[tokio::test]
+async fn acked_segments_are_deleted_and_numbering_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    o.outbox_limit_messages = 1_000_000;
+    let j = Journal::open(o.clone()).unwrap();
+    for _ in 0..10 {
+        j.append_outbox(vec![vec![7u8; 100]; 50]).await.unwrap();
+    }
+    let before = segments(tmp.path(), "outbox");
+    assert!(before > 5, "{before}");
+    j.ack("b", 501);
+    j.checkpoint().await.unwrap();
+    assert_eq!(segments(tmp.path(), "outbox"), 1, "only the active segment");
+    assert_eq!(j.read_outbox(501, 1 << 20).unwrap(), vec![]);
+    j.close().await;
+    drop(j);
+    let j = Journal::open(o).unwrap();
+    assert_eq!(j.append_outbox(vec![b"n".to_vec()]).await, Ok((501, 501)));
+    assert_eq!(j.read_outbox(501, 1 << 20).unwrap()[0].seq, 501);
+}
+
+#[tokio::test]
+async fn outbox_limit_refuses_and_keeps_what_it_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    j.append_outbox(vec![vec![1]; 5]).await.unwrap();
+    let e = j.append_outbox(vec![vec![2]]).await.unwrap_err();
+    assert!(
+        matches!(e, JournalError::OutboxFull { queued_msgs: 5, .. }),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("5 messages") && text.contains("since 20"),
+        "{text}"
+    );
+    assert_eq!(j.read_outbox(1, 1 << 20).unwrap().len(), 5);
+    // Acks make room again; a byte limit works the same way.
+    j.ack("b", 3);
+    assert_eq!(j.append_outbox(vec![vec![3]; 2]).await, Ok((6, 7)));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    o.outbox_limit_messages = 1000;
+    o.outbox_limit_bytes = 100;
+    let j = Journal::open(o).unwrap();
+    j.append_outbox(vec![vec![0; 30]; 1]).await.unwrap();
+    let e = j.append_outbox(vec![vec![0; 30]; 1]).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            JournalError::OutboxFull {
+                queued_msgs: 1,
+                queued_bytes: 54,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn inbox_drops_duplicates_and_handles_new_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_eq!(
+        j.append_inbox("b".into(), 7, vec![rec(1, "a"), rec(2, "b")])
+            .await,
+        Ok(3)
+    );
+    assert_eq!(
+        j.append_inbox("b".into(), 7, vec![rec(2, "b"), rec(3, "c")])
+            .await,
+        Ok(4)
+    );
+    assert_eq!(origin_seqs(&j), [1, 2, 3]);
+    let c = j.counters("b");
+    assert_eq!((c.msgs_received, c.bytes_received), (3, 3));
+    // The peer's journal was wiped: a new epoch starts over at its seq 1.
+    assert_eq!(
+        j.append_inbox("b".into(), 8, vec![rec(1, "n")]).await,
+        Ok(2)
+    );
+    assert_eq!(
+        j.peer("b"),
+        PeerState {
+            acked_next: 1,
+            recv_epoch: 8,
+            recv_next: 2
+        }
+    );
+    assert_eq!(origin_seqs(&j), [1, 2, 3, 1]);
+}
+
+#[tokio::test]
+async fn the_epoch_is_made_once_and_kept() {
+    let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let j1 = Journal::open(opts(t1.path())).unwrap();
+    let j2 = Journal::open(opts(t2.path())).unwrap();
+    let e1 = j1.epoch();
+    assert_ne!(e1, j2.epoch());
+    assert_ne!(e1, 0);
+    // One journal, one daemon.
+    let e = Journal::open(opts(t1.path())).err().unwrap().to_string();
+    assert!(e.contains("in use by another peerd"), "{e}");
+    j1.close().await;
+    drop(j1);
+    let j1 = Journal::open(opts(t1.path())).unwrap();
+    assert_eq!(j1.epoch(), e1);
+    assert_eq!(j1.status().epoch, e1);
+    // Segments without a state file: refuse rather than guess an epoch.
+    j1.append_outbox(vec![b"x".to_vec()]).await.unwrap();
+    j1.close().await;
+    drop(j1);
+    std::fs::remove_file(t1.path().join("state.toml")).unwrap();
+    let e = Journal::open(opts(t1.path())).err().unwrap().to_string();
+    assert!(e.contains("no state.toml"), "{e}");
+}
+
+#[tokio::test]
+async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    let old = j.epoch();
+    j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()])
+        .await
+        .unwrap();
+    j.ack("b", 3);
+    j.close().await;
+    drop(j);
+    // The outbox lost records the peer has: reusing their numbers would
+    // make the peer drop new messages as duplicates.
+    for e in std::fs::read_dir(tmp.path().join("outbox")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_ne!(j.epoch(), old);
+    assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((1, 1)));
+    j.close().await;
+    drop(j);
+    let again = Journal::open(opts(tmp.path())).unwrap();
+    assert_ne!(again.epoch(), old, "the new epoch was written down");
+}
+
+#[tokio::test]
+async fn reopen_after_every_kind_of_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let j = Journal::open(opts(&dir)).unwrap();
+    let epoch = j.epoch();
+    j.append_outbox(vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()])
+        .await
+        .unwrap();
+    j.append_inbox("b".into(), 7, vec![rec(1, "i1"), rec(2, "i2")])
+        .await
+        .unwrap();
+    j.append_local("client:x".into(), b"l1".to_vec())
+        .await
+        .unwrap();
+    j.ack("b", 2);
+    j.count_sent("b", 3, 6);
+
+    // A crash right now: the state file is the one written at creation
+    // (or a housekeeping one); the records alone carry the truth.
+    let crashed = tmp.path().join("crashed");
+    crash_copy(&dir, &crashed);
+    let c = Journal::open(opts(&crashed)).unwrap();
+    assert_eq!(c.epoch(), epoch);
+    assert_eq!(c.status().outbox_next, 4);
+    assert_eq!(c.read_outbox(1, 1 << 20).unwrap().len(), 3);
+    assert_eq!(c.peer("b").recv_epoch, 7);
+    assert_eq!(
+        c.peer("b").recv_next,
+        3,
+        "receive state replayed from the inbox"
+    );
+    assert_eq!(c.counters("b").msgs_received, 2);
+    let tail = c.read_inbox(1, 100, 1 << 20).unwrap();
+    assert_eq!(tail.entries.len(), 3);
+    assert_eq!(tail.entries[2].origin, "client:x");
+    assert_eq!(tail.entries[2].body, b"l1");
+    // A resend after the crash is still dropped.
+    assert_eq!(
+        c.append_inbox("b".into(), 7, vec![rec(2, "i2"), rec(3, "i3")])
+            .await,
+        Ok(4)
+    );
+    assert_eq!(origin_seqs(&c), [1, 2, 0, 3]);
+    drop(c);
+
+    // A clean stop: everything, acks and counters included, survives.
+    j.close().await;
+    drop(j);
+    let j = Journal::open(opts(&dir)).unwrap();
+    assert_eq!(j.epoch(), epoch);
+    assert_eq!(
+        j.peer("b"),
+        PeerState {
+            acked_next: 2,
+            recv_epoch: 7,
+            recv_next: 3
+        }
+    );
+    assert_eq!(j.queued("b").0, 2);
+    assert_eq!(*j.watch_acked().borrow(), 2);
+    let c = j.counters("b");
+    assert_eq!((c.msgs_sent, c.bytes_sent, c.msgs_received), (3, 6, 2));
+    assert_eq!(j.append_outbox(vec![b"o4".to_vec()]).await, Ok((4, 4)));
+    assert_eq!(
+        j.append_local("client:y".into(), b"l2".to_vec()).await,
+        Ok(4)
+    );
+    let s = j.status();
+    assert_eq!((s.outbox_next, s.inbox_next, s.inbox_first), (5, 5, 1));
+}
+
+#[tokio::test]
+async fn a_torn_inbox_tail_loses_only_the_unacked_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let j = Journal::open(opts(&dir)).unwrap();
+    for i in 1..=3 {
+        j.append_inbox("b".into(), 7, vec![rec(i, "message")])
+            .await
+            .unwrap();
+    }
+    j.close().await;
+    drop(j);
+    let seg = std::fs::read_dir(dir.join("inbox"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let j = Journal::open(opts(&dir)).unwrap();
+    // The state file's checkpoint covered record 3; the record itself is
+    // gone, so "next expected" must not claim it.
+    assert_eq!(origin_seqs(&j), [1, 2]);
+    assert_eq!(j.peer("b").recv_next, 3);
+    assert_eq!(
+        j.append_inbox("b".into(), 7, vec![rec(3, "again")]).await,
+        Ok(4)
+    );
+    assert_eq!(origin_seqs(&j), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn inbox_retention_trims_oldest_by_bytes_and_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    // Each local record of 4 bytes takes 8 (header) + 8 (seq) + 33
+    // (fields) + 8 ("client:x") + 4 = 61 bytes.
+    o.inbox_retention_bytes = 61 * 20;
+    let j = Journal::open(o.clone()).unwrap();
+    for _ in 0..200 {
+        j.append_local("client:x".into(), b"abcd".to_vec())
+            .await
+            .unwrap();
+    }
+    assert_eq!(*j.watch_inbox().borrow(), 201);
+    j.checkpoint().await.unwrap();
+    let got = j.read_inbox(1, 1000, 1 << 20).unwrap();
+    assert_eq!(got.first, 181, "the newest 20 are kept");
+    assert_eq!(got.entries.len(), 20);
+    assert_eq!(got.entries[0].seq, 181);
+    assert!(
+        segments(tmp.path(), "inbox") <= 2,
+        "trimmed segments deleted"
+    );
+    j.close().await;
+    drop(j);
+    let j = Journal::open(o.clone()).unwrap();
+    assert_eq!(j.read_inbox(1, 1000, 1 << 20).unwrap().first, 181);
+    assert_eq!(j.status().inbox_first, 181);
+    j.close().await;
+    drop(j);
+    // By age: everything is older than a millisecond soon enough.
+    o.inbox_retention_age = Some(Duration::from_millis(1));
+    let j = Journal::open(o).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    j.checkpoint().await.unwrap();
+    let got = j.read_inbox(1, 1000, 1 << 20).unwrap();
+    assert_eq!((got.first, got.entries.len()), (201, 0));
+    assert_eq!(
+        j.append_local("client:x".into(), b"new".to_vec()).await,
+        Ok(201)
+    );
+}
+
+#[tokio::test]
+async fn a_large_backlog_lives_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    o.outbox_limit_messages = u64::MAX;
+    o.outbox_limit_bytes = u64::MAX;
+    o.segment_bytes = SEGMENT_BYTES;
+    let j = Journal::open(o).unwrap();
+    for _ in 0..20 {
+        j.append_outbox(vec![vec![9u8; 64]; 10_000]).await.unwrap();
+    }
+    let st = j.lock();
+    // 200k records: the index holds a mark per 256 records or 64 KiB.
+    assert!(
+        st.outbox.mark_count() <= 200_000 / 256 + 40,
+        "{}",
+        st.outbox.mark_count()
+    );
+    drop(st);
+    let r = j.read_outbox(123_457, 1 << 20).unwrap();
+    assert_eq!(r[0].seq, 123_457);
+    assert_eq!(j.queued("b").0, 200_000);
+}
+
+#[tokio::test]
+async fn closed_journal_refuses_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    j.close().await;
+    assert_eq!(
+        j.append_outbox(vec![b"late".to_vec()]).await,
+        Err(JournalError::Closed)
+    );
+}
+
+/// Not a timed test: prints how fast the journal absorbs 64-byte messages
+/// with one fsync per batch, on both sides. Run it with
+/// `cargo test --release -p peerd journal_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn journal_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(tmp.path());
+    o.outbox_limit_messages = u64::MAX;
+    o.outbox_limit_bytes = u64::MAX;
+    o.inbox_retention_bytes = u64::MAX;
+    o.segment_bytes = SEGMENT_BYTES;
+    let j = Journal::open(o).unwrap();
+    const N: u64 = 2_000_000;
+    // Sender side: `peerctl send` batches, a few in flight.
+    let t = std::time::Instant::now();
+    let mut pending = Vec::new();
+    for _ in 0..N / 50_000 {
+        let j = j.clone();
+        pending.push(tokio::spawn(async move {
+            j.append_outbox(vec![vec![7u8; 64]; 50_000]).await
+        }));
+        if pending.len() >= 8 {
+            pending.remove(0).await.unwrap().unwrap();
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    let s = t.elapsed();
+    // Receiver side: peer frames of ~256 KiB (about 3,000 records).
+    let t = std::time::Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    let mut seq = 1;
+    while seq <= N {
+        let records: Vec<Record> = (seq..seq + 3000)
+            .map(|s| Record {
+                seq: s,
+                sent_ms: 1,
+                body: vec![7u8; 64],
+            })
+            .collect();
+        seq += 3000;
+        pending.push_back(j.append_inbox("b".into(), 7, records));
+        if pending.len() >= 64 {
+            pending.pop_front().unwrap().await.unwrap();
+        }
+    }
+    while let Some(p) = pending.pop_front() {
+        p.await.unwrap();
+    }
+    let r = t.elapsed();
+    // Reading the outbox back, as a session sends it.
+    let t = std::time::Instant::now();
+    let mut next = 1;
+    while next <= N {
+        let recs = j.read_outbox(next, 256 << 10).unwrap();
+        next = recs.last().unwrap().seq + 1;
+    }
+    let rd = t.elapsed();
+    eprintln!(
+        "{N} x 64 B: outbox {:.2}M appends/s, inbox {:.2}M appends/s, outbox reads {:.2}M/s",
+        N as f64 / s.as_secs_f64() / 1e6,
+        (seq - 1) as f64 / r.as_secs_f64() / 1e6,
+        N as f64 / rd.as_secs_f64() / 1e6
+    );
+}

@@ -1,0 +1,708 @@
+//! The journal's writer thread, and recovery when the journal opens.
+//!
+//! The writer is a plain OS thread (fsync blocks; it must not hold up the
+//! async runtime). It takes every write queued at once as one batch:
+//! assigns sequence numbers, drops duplicates, appends to the logs, then
+//! one commit per log (the two fsyncs run in parallel), then publishes to
+//! the readers' index, answers every waiter and moves the watches. If the
+//! commit fails, everything in the batch is rolled back and every waiter
+//! gets the error: nothing is half-stored and nothing is acked.
+//!
+//! Every second (and on [`Write::Checkpoint`] / [`Write::Close`]) it does
+//! the housekeeping: inbox retention, the state file, and deleting
+//! segments that are fully acked (outbox) or trimmed (inbox), in that
+//! order, so the state file always covers what is deleted.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use super::log::{self, Appender, HEADER, SegUpdate};
+use super::records::{self, InboxMeta};
+use super::state::{self, PeerFile, StateFile};
+use super::{
+    Counters, JournalError, Options, PeerState, Shared, State, Write, floor_of, lock, pos_of,
+};
+
+/// How often the writer does its housekeeping.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Writes taken into one batch, at most.
+const MAX_BATCH: usize = 4096;
+/// Bytes on disk of an outbox record with an empty body.
+const OUTBOX_OVERHEAD: u64 = HEADER + 16;
+
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+    outbox: Appender,
+    inbox: Appender,
+    last_housekeeping: Instant,
+    /// Set when a failed batch could not be rolled back: the logs are in an
+    /// unknown state, so no more writes are taken.
+    broken: Option<String>,
+}
+
+/// What a batch owes its writers once it is committed.
+enum Reply {
+    Outbox(
+        oneshot::Sender<Result<(u64, u64), JournalError>>,
+        Result<(u64, u64), JournalError>,
+    ),
+    Seq(oneshot::Sender<Result<u64, JournalError>>, u64),
+}
+
+/// Open the journal in `opts.dir`: lock it, read or create the state file,
+/// open both logs (cutting torn tails), and replay the inbox records the
+/// state file does not cover yet.
+pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalError> {
+    let dir = opts.dir.clone();
+    let err = |what: &str, e: std::io::Error| {
+        JournalError::storage(format!("{what} {}", dir.display()), e)
+    };
+    create_private_dir(&dir).map_err(|e| err("cannot create", e))?;
+    let lock_file = std::fs::File::create(dir.join("lock")).map_err(|e| err("cannot open", e))?;
+    if let Err(e) = lock_file.try_lock() {
+        return Err(JournalError::Storage(format!(
+            "journal {} is in use by another peerd ({e}); one instance per state directory",
+            dir.display()
+        )));
+    }
+    let file = match state::load(&dir).map_err(|e| err("cannot read the state of", e))? {
+        Some(f) => f,
+        None => create(&dir, opts.fsync)?,
+    };
+    let epoch = state::unhex(&file.epoch, "epoch").map_err(|e| err("bad state in", e))?;
+    let mut peers: HashMap<String, PeerState> = HashMap::new();
+    let mut counters: HashMap<String, Counters> = HashMap::new();
+    for (name, p) in &file.peer {
+        let recv_epoch =
+            state::unhex(&p.recv_epoch, "recv_epoch").map_err(|e| err("bad state in", e))?;
+        peers.insert(
+            name.clone(),
+            PeerState {
+                acked_next: p.acked_next,
+                recv_epoch,
+                recv_next: p.recv_next,
+            },
+        );
+        counters.insert(
+            name.clone(),
+            Counters {
+                msgs_sent: p.msgs_sent,
+                bytes_sent: p.bytes_sent,
+                msgs_received: p.msgs_received,
+                bytes_received: p.bytes_received,
+            },
+        );
+    }
+    let (outbox, outbox_w) = log::open(
+        &dir.join("outbox"),
+        1,
+        opts.segment_bytes,
+        opts.fsync,
+        &mut |_, _| {},
+    )
+    .map_err(|e| err("cannot open the outbox of", e))?;
+    // The inbox records are the truth about what we received: the last
+    // record kept from a peer says what we expect from it next (the state
+    // file only matters for peers whose records retention has trimmed).
+    // Records past the checkpoint are added to the counters.
+    let checkpoint = file.inbox_checkpoint;
+    let mut replayed = 0u64;
+    let mut last_from: HashMap<String, (u64, u64)> = HashMap::new();
+    let (inbox, inbox_w) = log::open(
+        &dir.join("inbox"),
+        1,
+        opts.segment_bytes,
+        opts.fsync,
+        &mut |seq, data| {
+            let Some((m, body)) = records::get_inbox_meta(data) else {
+                return;
+            };
+            if m.origin_epoch == 0 {
+                return;
+            }
+            match last_from.get_mut(m.origin) {
+                Some(last) => *last = (m.origin_epoch, m.origin_seq + 1),
+                None => {
+                    last_from.insert(m.origin.to_string(), (m.origin_epoch, m.origin_seq + 1));
+                }
+            }
+            if seq >= checkpoint {
+                replayed += 1;
+                let c = counters.entry(m.origin.to_string()).or_default();
+                c.msgs_received += 1;
+                c.bytes_received += body.len() as u64;
+            }
+        },
+    )
+    .map_err(|e| err("cannot open the inbox of", e))?;
+    for (origin, (epoch, next)) in last_from {
+        let p = peers.entry(origin).or_default();
+        p.recv_epoch = epoch;
+        p.recv_next = next;
+    }
+    for name in &opts.peers {
+        peers.entry(name.clone()).or_default();
+    }
+    let (mut epoch, old_epoch) = (epoch, epoch);
+    if let Some((name, p)) = peers.iter().find(|(_, p)| p.acked_next > outbox.next()) {
+        // Records a peer acknowledged are gone (a disk that lost synced
+        // data, or a copied-back journal): their numbers would be reused,
+        // and the peer would drop the new messages as duplicates. A new
+        // epoch makes every peer start over with us instead.
+        epoch = new_epoch();
+        tracing::error!(
+            "journal {}: peer {name} acked up to {} but the outbox ends at {}; \
+             starting a new epoch {epoch:016x}",
+            dir.display(),
+            p.acked_next,
+            outbox.next()
+        );
+    }
+    for p in peers.values_mut() {
+        p.acked_next = p.acked_next.max(outbox.first()).min(outbox.next());
+    }
+    let floor = floor_of(&opts.peers, &peers, outbox.next());
+    let inbox_first = file.inbox_first.max(inbox.first()).min(inbox.next());
+    tracing::info!(
+        "journal {}: epoch {epoch:016x}, outbox {}..{}, inbox {}..{} ({replayed} records replayed)",
+        dir.display(),
+        outbox.first(),
+        outbox.next(),
+        inbox_first,
+        inbox.next()
+    );
+    let state = State {
+        outbox,
+        inbox,
+        inbox_first,
+        inbox_first_pos: 0,
+        floor,
+        floor_pos: 0,
+        peers,
+        counters,
+        dirty: true,
+    };
+    let shared = Arc::new(Shared {
+        outbox_next: watch::Sender::new(state.outbox.next()),
+        inbox_next: watch::Sender::new(state.inbox.next()),
+        acked_all: watch::Sender::new(floor),
+        state: Mutex::new(state),
+        epoch,
+        opts,
+        lock_file,
+    });
+    let floor_pos = pos_of(&shared, |st| &st.outbox, floor).map_err(|e| err("cannot read", e))?;
+    let first_pos =
+        pos_of(&shared, |st| &st.inbox, inbox_first).map_err(|e| err("cannot read", e))?;
+    {
+        let mut st = lock(&shared);
+        st.floor_pos = floor_pos;
+        st.inbox_first_pos = first_pos;
+        if epoch != old_epoch {
+            let file = snapshot(&st, epoch);
+            state::save(&dir, &file, shared.opts.fsync).map_err(|e| err("cannot write", e))?;
+        }
+    }
+    let writer = Writer {
+        shared: shared.clone(),
+        outbox: outbox_w,
+        inbox: inbox_w,
+        last_housekeeping: Instant::now(),
+        broken: None,
+    };
+    Ok((shared, writer))
+}
+
+/// A new journal: a fresh epoch, written down before any record exists.
+fn create(dir: &Path, fsync: bool) -> Result<StateFile, JournalError> {
+    for sub in ["outbox", "inbox"] {
+        let has_segments = std::fs::read_dir(dir.join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .unwrap_or(false);
+        if has_segments {
+            return Err(JournalError::Storage(format!(
+                "{} has {sub} segments but no state.toml: the journal is damaged; \
+                 move the directory aside to start a new journal (a new epoch)",
+                dir.display()
+            )));
+        }
+    }
+    let epoch = new_epoch();
+    let file = StateFile {
+        version: state::VERSION,
+        epoch: state::hex(epoch),
+        inbox_checkpoint: 1,
+        inbox_first: 1,
+        peer: Default::default(),
+    };
+    state::save(dir, &file, fsync).map_err(|e| JournalError::storage(dir.display(), e))?;
+    tracing::info!("journal {}: created, epoch {epoch:016x}", dir.display());
+    Ok(file)
+}
+
+/// A random non-zero epoch (0 means "none" in a Hello).
+fn new_epoch() -> u64 {
+    loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+impl Writer {
+    pub(super) fn run(mut self, rx: Receiver<Write>) {
+        let mut batch = Vec::new();
+        loop {
+            match rx.recv_timeout(HOUSEKEEPING) {
+                Ok(w) => batch.push(w),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let mut checkpoints = Vec::new();
+            let mut closing = Vec::new();
+            let writes: Vec<Write> = batch
+                .drain(..)
+                .filter_map(|w| match w {
+                    Write::Checkpoint { reply } => {
+                        checkpoints.push(reply);
+                        None
+                    }
+                    Write::Close { reply } => {
+                        closing.push(reply);
+                        None
+                    }
+                    w => Some(w),
+                })
+                .collect();
+            if !writes.is_empty() {
+                self.commit(writes);
+            }
+            let asked = !checkpoints.is_empty() || !closing.is_empty();
+            if asked || self.last_housekeeping.elapsed() >= HOUSEKEEPING {
+                let r = self.housekeeping(asked);
+                for reply in checkpoints {
+                    let _ = reply.send(r.clone());
+                }
+            }
+            if !closing.is_empty() {
+                // Let a new journal open the directory at once, even while
+                // handles to this one are still being dropped.
+                let _ = self.shared.lock_file.unlock();
+                tracing::info!("journal closed");
+                for reply in closing {
+                    let _ = reply.send(());
+                }
+                return;
+            }
+        }
+        let _ = self.housekeeping(true);
+    }
+
+    /// Store one batch, then answer everyone in it.
+    fn commit(&mut self, writes: Vec<Write>) {
+        if let Some(why) = &self.broken {
+            let e = JournalError::Storage(why.clone());
+            for w in writes {
+                fail(w, &e);
+            }
+            return;
+        }
+        let shared = self.shared.clone();
+        let opts = &shared.opts;
+        let (floor, floor_pos, outbox_end, mut recv) = {
+            let st = lock(&self.shared);
+            (
+                st.floor,
+                st.floor_pos,
+                st.outbox.end_pos(),
+                st.peers.clone(),
+            )
+        };
+        let mut received: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut replies = Vec::with_capacity(writes.len());
+        let mut failed: Option<std::io::Error> = None;
+        let mut skipped = Vec::new();
+        let now = peerlink::now_ms();
+        for w in writes {
+            if failed.is_some() {
+                skipped.push(w);
+                continue;
+            }
+            match w {
+                Write::Outbox { bodies, reply } => {
+                    let n = bodies.len() as u64;
+                    let bytes: u64 = bodies
+                        .iter()
+                        .map(|b| b.len() as u64 + OUTBOX_OVERHEAD)
+                        .sum();
+                    let queued_msgs = self.outbox.next().saturating_sub(floor);
+                    let queued_bytes =
+                        (outbox_end + self.outbox.pending_bytes()).saturating_sub(floor_pos);
+                    if queued_msgs + n > opts.outbox_limit_messages
+                        || queued_bytes + bytes > opts.outbox_limit_bytes
+                    {
+                        let e = self.outbox_full(floor, queued_msgs, queued_bytes);
+                        replies.push(Reply::Outbox(reply, Err(e)));
+                        continue;
+                    }
+                    let first = self.outbox.next();
+                    for body in &bodies {
+                        if let Err(e) = self.outbox.append(|b| records::put_outbox(b, now, body)) {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    let last = self.outbox.next() - 1;
+                    replies.push(Reply::Outbox(reply, Ok((first, last))));
+                }
+                Write::Inbox {
+                    origin,
+                    epoch,
+                    records,
+                    reply,
+                } => {
+                    let p = recv.entry(origin.clone()).or_default();
+                    let Some(first) = records.first().map(|r| r.seq) else {
+                        replies.push(Reply::Seq(reply, p.recv_next));
+                        continue;
+                    };
+                    if p.recv_epoch != epoch {
+                        if p.recv_epoch != 0 {
+                            tracing::warn!(
+                                peer = %origin,
+                                old_epoch = format_args!("{:016x}", p.recv_epoch),
+                                new_epoch = format_args!("{epoch:016x}"),
+                                "peer started a new journal epoch (its journal was reset); \
+                                 starting over from its seq {first}"
+                            );
+                        }
+                        p.recv_epoch = epoch;
+                        p.recv_next = first;
+                    }
+                    let counted = received.entry(origin.clone()).or_default();
+                    for r in &records {
+                        if r.seq < p.recv_next {
+                            continue; // a resend of something we already have
+                        }
+                        if r.seq > p.recv_next {
+                            tracing::warn!(
+                                peer = %origin,
+                                expected = p.recv_next,
+                                got = r.seq,
+                                "gap in peer's sequence numbers"
+                            );
+                        }
+                        let meta = InboxMeta {
+                            received_ms: now,
+                            sent_ms: r.sent_ms,
+                            origin_epoch: epoch,
+                            origin_seq: r.seq,
+                            origin: &origin,
+                        };
+                        if let Err(e) = self.inbox.append(|b| records::put_inbox(b, &meta, &r.body))
+                        {
+                            failed = Some(e);
+                            break;
+                        }
+                        p.recv_next = r.seq + 1;
+                        counted.0 += 1;
+                        counted.1 += r.body.len() as u64;
+                    }
+                    replies.push(Reply::Seq(reply, p.recv_next));
+                }
+                Write::Local {
+                    origin,
+                    body,
+                    reply,
+                } => {
+                    let meta = InboxMeta {
+                        received_ms: now,
+                        sent_ms: now,
+                        origin_epoch: 0,
+                        origin_seq: 0,
+                        origin: &origin,
+                    };
+                    match self.inbox.append(|b| records::put_inbox(b, &meta, &body)) {
+                        Ok(seq) => replies.push(Reply::Seq(reply, seq)),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                Write::Checkpoint { .. } | Write::Close { .. } => {}
+            }
+        }
+        let committed = match failed {
+            Some(e) => Err(e),
+            None => self.commit_logs(),
+        };
+        let (outbox_updates, inbox_updates) = match committed {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("journal: write failed, batch not stored: {e}");
+                if let Err(r) = self.outbox.rollback().and(self.inbox.rollback()) {
+                    let why =
+                        format!("the journal could not undo a failed write ({r}); restart peerd");
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                let e = JournalError::storage("write failed", e);
+                for w in skipped {
+                    fail(w, &e);
+                }
+                for r in replies {
+                    match r {
+                        Reply::Outbox(tx, Err(full)) => {
+                            let _ = tx.send(Err(full));
+                        }
+                        Reply::Outbox(tx, Ok(_)) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                        Reply::Seq(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        let (o, i) = {
+            let mut st = lock(&self.shared);
+            st.outbox.apply(outbox_updates);
+            st.inbox.apply(inbox_updates);
+            for (name, r) in recv {
+                let p = st.peers.entry(name).or_default();
+                p.recv_epoch = r.recv_epoch;
+                p.recv_next = r.recv_next;
+            }
+            for (name, (n, b)) in received {
+                let c = st.counters.entry(name).or_default();
+                c.msgs_received += n;
+                c.bytes_received += b;
+                st.dirty = true;
+            }
+            if opts.peers.is_empty() {
+                st.floor = st.outbox.next();
+                st.floor_pos = st.outbox.end_pos();
+            }
+            (st.outbox.next(), st.inbox.next())
+        };
+        self.shared
+            .outbox_next
+            .send_if_modified(|v| std::mem::replace(v, o) != o);
+        self.shared
+            .inbox_next
+            .send_if_modified(|v| std::mem::replace(v, i) != i);
+        for r in replies {
+            match r {
+                Reply::Outbox(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Reply::Seq(tx, v) => {
+                    let _ = tx.send(Ok(v));
+                }
+            }
+        }
+    }
+
+    /// Commit both logs, syncing them in parallel when both have data.
+    fn commit_logs(&mut self) -> std::io::Result<(Vec<SegUpdate>, Vec<SegUpdate>)> {
+        let (outbox, inbox) = (&mut self.outbox, &mut self.inbox);
+        if outbox.pending_bytes() > 0 && inbox.pending_bytes() > 0 {
+            std::thread::scope(|s| {
+                let other = s.spawn(|| inbox.commit());
+                let o = outbox.commit();
+                let i = other
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("inbox commit panicked")));
+                Ok((o?, i?))
+            })
+        } else {
+            Ok((outbox.commit()?, inbox.commit()?))
+        }
+    }
+
+    fn outbox_full(&self, floor: u64, queued_msgs: u64, queued_bytes: u64) -> JournalError {
+        let span = lock(&self.shared).outbox.span(floor);
+        let oldest = span
+            .and_then(|s| s.read(floor, 1, 0).ok())
+            .and_then(|mut v| v.pop())
+            .and_then(|r| records::get_outbox(r.seq, &r.data));
+        let since = match oldest {
+            Some(r) => humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(r.sent_ms),
+            )
+            .to_string(),
+            None => "now".into(),
+        };
+        let opts = &self.shared.opts;
+        JournalError::OutboxFull {
+            queued_msgs,
+            queued_bytes,
+            since,
+            limit: format!(
+                "{} messages / {} bytes",
+                opts.outbox_limit_messages, opts.outbox_limit_bytes
+            ),
+        }
+    }
+
+    /// Retention, the state file, then deleting what nobody needs.
+    fn housekeeping(&mut self, force: bool) -> Result<(), JournalError> {
+        self.last_housekeeping = Instant::now();
+        if let Err(e) = self.trim_inbox() {
+            tracing::warn!("journal: inbox retention: {e}");
+        }
+        let (file, deletable) = {
+            let mut st = lock(&self.shared);
+            let deletable =
+                st.outbox.removable_below(st.floor) || st.inbox.removable_below(st.inbox_first);
+            if !(st.dirty || deletable || force) {
+                return Ok(());
+            }
+            st.dirty = false;
+            (snapshot(&st, self.shared.epoch), deletable)
+        };
+        let dir = &self.shared.opts.dir;
+        if let Err(e) = state::save(dir, &file, self.shared.opts.fsync) {
+            lock(&self.shared).dirty = true;
+            tracing::warn!("journal: cannot write {}/state.toml: {e}", dir.display());
+            return Err(JournalError::storage("writing the state file", e));
+        }
+        if deletable {
+            let gone = {
+                let mut st = lock(&self.shared);
+                let (floor, first) = (st.floor, st.inbox_first);
+                let mut gone = st.outbox.remove_below(floor);
+                gone.extend(st.inbox.remove_below(first));
+                gone
+            };
+            for path in &gone {
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!("journal: cannot delete {}: {e}", path.display());
+                }
+            }
+            tracing::debug!("journal: deleted {} segments", gone.len());
+        }
+        Ok(())
+    }
+
+    /// Move `inbox_first` past what retention (age, bytes) no longer keeps.
+    fn trim_inbox(&mut self) -> Result<(), JournalError> {
+        let opts = &self.shared.opts;
+        let cutoff = opts
+            .inbox_retention_age
+            .map(|a| peerlink::now_ms().saturating_sub(a.as_millis() as u64));
+        loop {
+            let (first, first_pos, end, span) = {
+                let st = lock(&self.shared);
+                let first = st.inbox_first;
+                (
+                    first,
+                    st.inbox_first_pos,
+                    st.inbox.end_pos(),
+                    st.inbox.span(first),
+                )
+            };
+            let too_big = end.saturating_sub(first_pos) > opts.inbox_retention_bytes;
+            let Some(span) = span.filter(|_| too_big || cutoff.is_some()) else {
+                return Ok(());
+            };
+            // Only the oldest records can be too old: look at a few unless
+            // the size alone already trims.
+            let n = if too_big { 4096 } else { 64 };
+            let recs = span
+                .read(first, n, 1 << 20)
+                .map_err(|e| JournalError::storage("reading the inbox", e))?;
+            let (mut new_first, mut new_pos, mut done) = (first, first_pos, recs.is_empty());
+            for r in &recs {
+                let received = records::get_inbox_meta(&r.data).map(|(m, _)| m.received_ms);
+                let too_big = end.saturating_sub(r.pos) > opts.inbox_retention_bytes;
+                let too_old = matches!((cutoff, received), (Some(c), Some(t)) if t < c);
+                if !(too_big || too_old) {
+                    done = true;
+                    break;
+                }
+                new_first = r.seq + 1;
+                new_pos = r.pos + HEADER + 8 + r.data.len() as u64;
+            }
+            if new_first != first {
+                let mut st = lock(&self.shared);
+                st.inbox_first = new_first;
+                st.inbox_first_pos = new_pos;
+                st.dirty = true;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The state file for what is committed now (call with the lock held, from
+/// the writer thread between batches, so the receive state matches the
+/// inbox records below `inbox_checkpoint` exactly).
+fn snapshot(st: &State, epoch: u64) -> StateFile {
+    let mut peer = std::collections::BTreeMap::new();
+    for (name, p) in &st.peers {
+        let c = st.counters.get(name).copied().unwrap_or_default();
+        peer.insert(
+            name.clone(),
+            PeerFile {
+                acked_next: p.acked_next,
+                recv_epoch: state::hex(p.recv_epoch),
+                recv_next: p.recv_next,
+                msgs_sent: c.msgs_sent,
+                bytes_sent: c.bytes_sent,
+                msgs_received: c.msgs_received,
+                bytes_received: c.bytes_received,
+            },
+        );
+    }
+    StateFile {
+        version: state::VERSION,
+        epoch: state::hex(epoch),
+        inbox_checkpoint: st.inbox.next(),
+        inbox_first: st.inbox_first,
+        peer,
+    }
+}
+
+/// Answer a write that was not stored.
+fn fail(w: Write, e: &JournalError) {
+    match w {
+        Write::Outbox { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Write::Inbox { reply, .. } | Write::Local { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Write::Checkpoint { reply } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Write::Close { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}
