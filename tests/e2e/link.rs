@@ -31,8 +31,9 @@ fn tail_follow_sees_messages_sent_after_it_started() {
     let (a, b) = pair.start_linked();
     a.send(&["before"]);
     b.wait(LONG, "b has the first message", |b| b.bodies().len() == 1);
-    // -n 0: only what arrives from now on.
-    let follower = Follower::start(&pair.b, &["-n", "0"]);
+    // From inbox seq 2 on: everything after "before". (`-n 0` would race:
+    // messages arriving before the follower is attached are not "new".)
+    let follower = Follower::start(&pair.b, &["--from", "2"]);
     a.send(&["after 1", "after 2"]);
     let first = follower
         .next(LONG)
