@@ -101,15 +101,16 @@ impl Node {
             .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self
-            .ctl(&["status", "--json"])
-            .map(|o| !matches!(o.status.code(), Some(0 | 4)))
-            .unwrap_or(true)
-        {
+        loop {
+            let out = self.ctl(&["status", "--json"])?;
+            if matches!(out.status.code(), Some(0 | 4)) {
+                break;
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "peerd {} did not start; log:\n{}",
+                    "peerd {} did not answer within 20s (peerctl: {}); log:\n{}",
                     self.name,
+                    String::from_utf8_lossy(&out.stderr).trim(),
                     std::fs::read_to_string(&self.log)?
                 );
             }
