@@ -53,3 +53,33 @@ pub async fn run(size: usize, n: u64, batch: u64) -> Result<Duration> {
 fn bytes_of(size: usize) -> tokio_tungstenite::tungstenite::Bytes {
     vec![b'x'; size].into()
 }
+
+/// The disk's ceiling for a durable journal: sequential writes of `total`
+/// bytes in `block`-sized writes with one `fdatasync` per `group` bytes
+/// (group commit), in `dir` (the same file system the daemons use).
+/// Returns bytes/s. Both daemons of a pair journal every message on the
+/// same disk, so durable end-to-end MB/s on one machine is bounded by
+/// about half of this.
+pub fn disk(dir: &std::path::Path, total: u64, block: usize, group: u64) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("disk-ceiling");
+    let mut f = std::fs::File::create(&path)?;
+    let buf = vec![b'x'; block];
+    let start = Instant::now();
+    let mut written = 0u64;
+    let mut since_sync = 0u64;
+    while written < total {
+        f.write_all(&buf)?;
+        written += block as u64;
+        since_sync += block as u64;
+        if since_sync >= group {
+            f.sync_data()?;
+            since_sync = 0;
+        }
+    }
+    f.sync_data()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(written as f64 / secs)
+}

@@ -65,6 +65,26 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut results = serde_json::Map::new();
 
+    // The disk's ceiling for group-committed sequential writes, where the
+    // daemons keep their journals.
+    let disk_dir = tempfile::Builder::new()
+        .prefix("plbench")
+        .tempdir_in("/tmp")?;
+    let mut disk = Vec::new();
+    for _ in 0..RUNS {
+        disk.push(ceiling::disk(
+            disk_dir.path(),
+            if quick { 256 << 20 } else { 1 << 30 },
+            64 << 10,
+            4 << 20,
+        )?);
+    }
+    let disk_bps = median(&mut disk);
+    results.insert(
+        "disk_ceiling".into(),
+        json!({"bytes_per_s": disk_bps, "runs": disk, "block": 65536, "fsync_every": 4 << 20}),
+    );
+
     // Throughput, with the ceiling measured right before each size.
     let mut tput = Vec::new();
     for &(size, n) in &plan.sizes {
@@ -86,19 +106,24 @@ fn main() -> Result<()> {
         let all = rates.clone();
         let rate = median(&mut rates);
         let mb = rate * size as f64 / 1e6;
+        // Both journals write every byte (plus record headers) to one disk.
+        let disk_bound_mb = disk_bps / 2.0 / 1e6;
         rows.push(format!(
-            "{:<28}{:>14.0}{:>10.1}{:>14.0}{:>8.3}",
+            "{:<28}{:>14.0}{:>10.1}{:>14.0}{:>8.3}{:>12.1}{:>8.3}",
             format!("throughput {}", human_size(size)),
             rate,
             mb,
             ceiling,
-            rate / ceiling
+            rate / ceiling,
+            disk_bound_mb,
+            mb / disk_bound_mb
         ));
         tput.push(json!({
             "size": size, "messages": n, "runs_msgs_per_s": all,
             "msgs_per_s": rate, "mb_per_s": mb,
             "ceiling_msgs_per_s": ceiling, "ceiling_runs": ceil, "ceiling_mb_per_s": ceiling * size as f64 / 1e6,
             "ratio_to_ceiling": rate / ceiling, "rss": rss,
+            "disk_bound_mb_per_s": disk_bps / 2.0 / 1e6, "ratio_to_disk_bound": mb / (disk_bps / 2.0 / 1e6),
         }));
     }
     results.insert("throughput".into(), Value::Array(tput));
@@ -144,13 +169,18 @@ fn main() -> Result<()> {
     std::fs::write(&out_path, serde_json::to_string_pretty(&doc)?)?;
 
     println!(
-        "\n{:<28}{:>14}{:>10}{:>14}{:>8}",
-        "", "msgs/s", "MB/s", "ceiling/s", "ratio"
+        "\n{:<28}{:>14}{:>10}{:>14}{:>8}{:>12}{:>8}",
+        "", "msgs/s", "MB/s", "ceiling/s", "ratio", "disk/2 MB/s", "ratio"
     );
     for r in rows {
         println!("{r}");
     }
     print_rss(&doc);
+    println!(
+        "{:<28}{:.1} MB/s (64 KiB writes, fdatasync every 4 MiB)",
+        "disk ceiling",
+        disk_bps / 1e6
+    );
     println!("\nresults: {out_path}");
     Ok(())
 }
@@ -193,7 +223,7 @@ fn human_size(b: usize) -> String {
 /// Stream `n` messages of `size` bytes through `peerctl send` on a; time
 /// until all are in b's inbox. Returns msgs/s and memory readings.
 fn throughput(size: usize, n: u64) -> Result<(f64, Value)> {
-    let pair = Pair::start("")?;
+    let pair = Pair::start(&extra_config())?;
     let file = message_file(pair.dir.path(), size, n)?;
     let idle = (pair.a.rss(), pair.b.rss());
     let start = Instant::now();
@@ -242,7 +272,7 @@ fn now_us() -> u64 {
 /// Offer `rate` 64-byte messages/s for `dur` through `peerctl send` on a;
 /// `peerctl tail -f` on b stamps arrivals. Returns p50/p99/p99.9 in ms.
 fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
-    let pair = Pair::start("")?;
+    let pair = Pair::start(&extra_config())?;
     let mut tail = pair
         .b
         .ctl_cmd()
@@ -329,7 +359,7 @@ fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
 
 /// Queue `n` 64-byte messages on a while b is down, start b, time the drain.
 fn backlog(n: u64) -> Result<Value> {
-    let mut pair = Pair::start("")?;
+    let mut pair = Pair::start(&extra_config())?;
     pair.b.stop();
     let file = message_file(pair.dir.path(), 64, n)?;
     let t = Instant::now();
@@ -361,4 +391,11 @@ fn backlog(n: u64) -> Result<Value> {
         "a_rss_with_backlog": a_queued.map(|r| r.0),
         "peak_max": peak.0.map(|r| r.1).max(peak.1.map(|r| r.1)),
     }))
+}
+
+/// Extra config keys for both daemons, from `$BENCH_CONFIG` (e.g.
+/// `fsync = "never"` to see what durability costs). Empty by default: the
+/// numbers that count are with the shipped defaults.
+fn extra_config() -> String {
+    std::env::var("BENCH_CONFIG").unwrap_or_default()
 }

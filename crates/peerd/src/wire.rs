@@ -87,6 +87,7 @@ pub struct Record {
     pub seq: u64,
     /// When the sender accepted it (ms since the Unix epoch).
     pub sent_ms: u64,
+    #[serde(with = "peerlink::codec::bytes")]
     pub body: Vec<u8>,
 }
 

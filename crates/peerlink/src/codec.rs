@@ -39,6 +39,50 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// `#[serde(with = "peerlink::codec::bytes")]` for a `Vec<u8>` field: the
+/// body goes through serde as one byte string (a length and a copy) instead
+/// of a sequence of single bytes, which costs a call per byte. The layout
+/// bincode writes is the same either way.
+pub mod bytes {
+    pub use serde_bytes::{deserialize, serialize};
+}
+
+/// `#[serde(with = "peerlink::codec::byte_lists")]` for a `Vec<Vec<u8>>`
+/// field: [`bytes`] for every element.
+pub mod byte_lists {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lists: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(lists.len()))?;
+        for b in lists {
+            seq.serialize_element(serde_bytes::Bytes::new(b))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        struct Lists;
+        impl<'de> Visitor<'de> for Lists {
+            type Value = Vec<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of byte strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // The claimed length comes from the input: never trust it
+                // for more than a modest preallocation.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<serde_bytes::ByteBuf>()? {
+                    out.push(b.into_vec());
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Lists)
+    }
+}
+
 /// Encode `value` to a fresh buffer.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
@@ -85,6 +129,33 @@ mod tests {
             let bytes = encode(&v).unwrap();
             assert_eq!(decode::<Sample>(&bytes).unwrap(), v);
         }
+    }
+
+    #[test]
+    fn byte_strings_keep_the_plain_layout() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Fast {
+            #[serde(with = "super::bytes")]
+            one: Vec<u8>,
+            #[serde(with = "super::byte_lists")]
+            many: Vec<Vec<u8>>,
+        }
+        #[derive(Serialize)]
+        struct Plain {
+            one: Vec<u8>,
+            many: Vec<Vec<u8>>,
+        }
+        let fast = Fast {
+            one: vec![0, 1, 255],
+            many: vec![vec![], vec![7; 300]],
+        };
+        let plain = Plain {
+            one: fast.one.clone(),
+            many: fast.many.clone(),
+        };
+        let bytes = encode(&fast).unwrap();
+        assert_eq!(bytes, encode(&plain).unwrap());
+        assert_eq!(decode::<Fast>(&bytes).unwrap(), fast);
     }
 
     #[test]

@@ -51,7 +51,11 @@ pub enum Request {
     /// Must be first; states the client's protocol version.
     Hello { version: u32, client: String },
     /// Append these messages to the outbox.
-    Send { bodies: Vec<Vec<u8>>, wait: bool },
+    Send {
+        #[serde(with = "crate::codec::byte_lists")]
+        bodies: Vec<Vec<u8>>,
+        wait: bool,
+    },
     /// Read the inbox.
     Tail { start: TailStart, follow: bool },
     /// The daemon's and its links' state.
@@ -133,6 +137,7 @@ pub struct Entry {
     pub origin: String,
     /// The sender's sequence number (0 for plain clients).
     pub origin_seq: u64,
+    #[serde(with = "crate::codec::bytes")]
     pub body: Vec<u8>,
 }
 
