@@ -14,7 +14,9 @@
 //! | `config`    | the effective configuration and its file format          |
 //! | `journal`   | outbox, inbox, per-peer delivery state; the only writer  |
 //! | `wire`      | the peer protocol (frames, version, limits)              |
-//! | `handshake` | the Hello exchange                                       |
+//! | `handshake` | the Hello exchange and the mutual authentication         |
+//! | `auth`      | the pre-shared secret and its HMAC proofs                |
+//! | `tls`       | TLS for the listener and the dialler (rustls)            |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
 //! | `link`      | one task per peer: backoff, collisions, link status      |
@@ -23,6 +25,7 @@
 //! | `service`   | signals (and later systemd, `--daemon`)                  |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod daemon;
@@ -36,6 +39,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod units;
 pub mod wire;

@@ -1,6 +1,10 @@
-//! The WebSocket listener: accepts connections on `listen`, upgrades them
-//! at `path`, runs the listener's side of the Hello exchange and hands the
-//! session to the link task of the peer that introduced itself.
+//! The WebSocket listener: accepts connections on `listen`, runs TLS when
+//! `[tls]` has a certificate, upgrades them at `path`, runs the listener's
+//! side of the handshake (Hello, then authentication with a secret) and
+//! hands the session to the link task of the peer that introduced and
+//! proved itself. Nothing a connection sends before that reaches the
+//! journal or a link task; a failed authentication is logged once, with
+//! the remote address, at `warn`.
 //!
 //! Every connection is bounded before it costs anything: at most
 //! `max_pending_handshakes` handshakes at once (a permit is taken before
@@ -21,16 +25,20 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Transcript;
 use crate::config::Config;
-use crate::handshake::{self, Established};
+use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
-use crate::transport::{Io, ws_config};
-use crate::wire::{PeerFrame, SUBPROTOCOL};
+use crate::tls::Tls;
+use crate::transport::ws_config;
+use crate::wire::{CLOSE_AUTH, CLOSE_PROTOCOL, SUBPROTOCOL};
 
 /// What the listener needs to hand sessions on.
 pub struct Accepting {
     pub cfg: Arc<Config>,
     pub journal: Journal,
+    /// The listener's TLS (none: plain `ws://`).
+    pub tls: Arc<Tls>,
     /// The link task of each peer, by node name.
     pub links: HashMap<String, mpsc::Sender<Established>>,
 }
@@ -81,6 +89,7 @@ pub async fn run(
             drop(permit);
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
+                Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(est)) => {
                     if let Some(link) = ctx.links.get(&est.hello.node) {
@@ -98,10 +107,10 @@ async fn accept(
     tcp: TcpStream,
     remote: SocketAddr,
     ctx: &Accepting,
-) -> Result<Established, String> {
+) -> Result<Established, HandshakeError> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
-    let io: Box<dyn Io> = Box::new(tcp);
+    let io = ctx.tls.accept(tcp).await?;
     let path = ctx.cfg.path.clone();
     let mut wants_peer = false;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -132,23 +141,39 @@ async fn accept(
             .await
             .map_err(|e| format!("websocket upgrade: {e}"))?;
     if !wants_peer {
-        handshake::refuse_protocol(
-            ws,
-            "plain WebSocket clients are not accepted yet; use subprotocol peerlink.v1",
-        )
-        .await;
-        return Err("plain WebSocket client refused".into());
+        // INTEGRATION (issue 7, plain clients): with a secret, a plain
+        // client must never reach the inbox unless `plain_clients = true`
+        // says so explicitly (`Config::plain_clients_allowed()`).
+        let (code, why) = if ctx.cfg.secret.is_some() {
+            (
+                CLOSE_AUTH,
+                "this node requires authentication; use peerd (subprotocol peerlink.v1)",
+            )
+        } else {
+            (
+                CLOSE_PROTOCOL,
+                "plain WebSocket clients are not accepted yet; use subprotocol peerlink.v1",
+            )
+        };
+        handshake::refuse(ws, code, why).await;
+        return Err("plain WebSocket client refused".to_string().into());
     }
-    let hello = match handshake::read_frame(&mut ws).await? {
-        PeerFrame::Hello(h) => h,
-        _ => return Err("peer sent data before its Hello".into()),
-    };
+    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
     if let Err(e) = handshake::check_hello(&hello, None, &ctx.cfg) {
         handshake::refuse_protocol(ws, &e).await;
+        return Err(e.into());
+    }
+    if let Err(e) = handshake::check_auth_mode(&hello, &ctx.cfg) {
+        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(&ctx.cfg)).await;
         return Err(e);
     }
     let mine = handshake::hello_for(&ctx.cfg, &ctx.journal, &hello.node);
-    handshake::send_frame(&mut ws, &PeerFrame::Hello(mine)).await?;
+    let mine = handshake::send_hello(&mut ws, mine).await?;
+    let t = Transcript {
+        dialler_hello: &theirs,
+        listener_hello: &mine,
+    };
+    handshake::authenticate_listener(&mut ws, &ctx.cfg, &t).await?;
     Ok(Established {
         ws,
         dialled_by: hello.node.clone(),

@@ -137,7 +137,9 @@ impl Session {
                             });
                         }
                     }
-                    PeerFrame::Hello(_) => return Err("unexpected Hello in a live session".into()),
+                    f @ (PeerFrame::Hello(_) | PeerFrame::Auth { .. }) => {
+                        return Err(format!("unexpected {} in a live session", f.kind()));
+                    }
                 },
                 Message::Pong(p) => {
                     if let Ok(sent) = <[u8; 8]>::try_from(&p[..]) {
