@@ -449,7 +449,7 @@ impl Shared {
                 );
             }
             self.push_inbox(st, origin, r.seq, r.sent_ms, r.body);
-            p.recv_next = r.seq + 1;
+            p.recv_next = r.seq.saturating_add(1); // a hostile u64::MAX must not overflow
         }
         st.peers.insert(origin.to_string(), p);
         p.recv_next
