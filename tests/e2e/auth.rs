@@ -323,17 +323,20 @@ pub fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
     false
 }
 
+/// What one client sent through the proxy.
+type Recording = Arc<Mutex<Vec<u8>>>;
+
 /// A TCP proxy to a loopback port that records what each client sent.
 struct Proxy {
     port: u16,
-    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    recorded: Arc<Mutex<Vec<Recording>>>,
 }
 
 impl Proxy {
     fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
-        let recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let recorded: Arc<Mutex<Vec<Recording>>> = Arc::default();
         let rec = recorded.clone();
         // The accept thread ends with the test process; each connection's
         // threads end when either side closes.
@@ -343,7 +346,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let log: Arc<Mutex<Vec<u8>>> = Arc::default();
+                let log: Recording = Arc::default();
                 rec.lock().expect("lock").push(log.clone());
                 let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                     (Ok(c), Ok(s)) => (c, s),
@@ -365,7 +368,7 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, log: Option<Arc<Mutex<Vec<u8>>>>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, log: Option<Recording>) {
     let mut buf = [0u8; 16384];
     loop {
         let n = match from.read(&mut buf) {

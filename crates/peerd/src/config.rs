@@ -391,7 +391,7 @@ impl Config {
         let _ = writeln!(s, "# instance {} from {}", self.instance, self.source);
         let _ = writeln!(s, "node = \"{}\"", self.node);
         let _ = writeln!(s, "listen = \"{}\"", self.listen);
-        let _ = writeln!(s, "path = \"{}\"", self.path);
+        let _ = writeln!(s, "path = {}", quote(&self.path));
         let _ = writeln!(s, "heartbeat = {}", d(self.heartbeat));
         let _ = writeln!(s, "dead_after = {}", d(self.dead_after));
         let _ = writeln!(s, "handshake_timeout = {}", d(self.handshake_timeout));
@@ -452,7 +452,12 @@ impl Config {
             }
         }
         for p in &self.peers {
-            let _ = writeln!(s, "\n[[peer]]\nname = \"{}\"\nurl = \"{}\"", p.name, p.url);
+            let _ = writeln!(
+                s,
+                "\n[[peer]]\nname = \"{}\"\nurl = {}",
+                p.name,
+                quote(&p.url)
+            );
         }
         s
     }
