@@ -2,11 +2,14 @@
 //! `peerctl` (fixtures in `tests/support`).
 
 mod attach;
+mod auth;
 mod cli;
 mod detach;
 mod durability;
+mod hostile;
 mod install;
 mod link;
 mod plain;
 mod service;
 mod status;
+mod tls;

@@ -89,3 +89,47 @@ fn empty_message_is_refused_with_a_close_reason() {
         a.bodies() == ["still here"]
     });
 }
+
+#[test]
+fn with_a_secret_plain_clients_are_refused_unless_plain_clients_is_set() {
+    let secret = "secret = \"0123456789abcdef-plain\"\n";
+    let sb = Sandbox::new();
+    let port = free_port();
+    let spec = sb.spec(
+        "a",
+        &Sandbox::config("a", port, &[("b", free_port())], secret),
+    );
+    let a = Daemon::start(&spec);
+    let client = PlainClient::connect(port);
+    client.send_text("let me in");
+    match client.next(LONG) {
+        Some(PlainEvent::Close(Some((code, reason)))) => {
+            assert_eq!(code, 4002, "{reason}");
+            assert!(reason.contains("authentication"), "{reason}");
+        }
+        other => panic!("expected a close with a reason, got {other:?}"),
+    }
+    assert!(
+        a.inbox().is_empty(),
+        "nothing from the refused client stored"
+    );
+    drop(a);
+
+    // plain_clients = true lets them in even with a secret.
+    let port = free_port();
+    let spec = sb.spec(
+        "c",
+        &Sandbox::config(
+            "c",
+            port,
+            &[("b", free_port())],
+            &format!("{secret}plain_clients = true\n"),
+        ),
+    );
+    let c = Daemon::start(&spec);
+    let client = PlainClient::connect(port);
+    client.send_text("allowed in");
+    c.wait(LONG, "the plain client's message is stored", |c| {
+        c.bodies() == ["allowed in"]
+    });
+}

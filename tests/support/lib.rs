@@ -48,18 +48,31 @@ fn bins() -> &'static Bins {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "peerd",
-                "-p",
-                "peerctl",
-                "--target-dir",
-            ])
+            // The whole workspace, as `make build` does: building a subset
+            // resolves dependency features differently, and the two would
+            // rebuild peerd and peerctl each time they alternate.
+            .args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
             .arg(target_dir);
         if profile != "debug" {
             cmd.args(["--profile", profile]);
+        }
+        // What cargo set for this test's own crate would reach build
+        // scripts (ring reruns when CARGO_MANIFEST_DIR changes) and make
+        // this build and a plain `cargo build` rebuild each other's output.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                cmd.env_remove(k.as_ref());
+            }
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build of peerd and peerctl failed");

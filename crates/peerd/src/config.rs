@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::Secret;
 use crate::error::{Error, Result};
 use crate::units::{HumanDuration, Size};
 
@@ -62,7 +63,34 @@ pub struct Config {
     /// Accept plain WebSocket clients (no `peerlink.v1` subprotocol) even
     /// when a secret is set. See [`Config::plain_clients_allowed`].
     pub plain_clients: bool,
+    /// The pre-shared secret peers prove they know (`secret` or
+    /// `secret_file`); none: peers are not authenticated.
+    pub secret: Option<Secret>,
+    /// Where the secret was read from, if from a file.
+    pub secret_file: Option<PathBuf>,
+    /// Allow a non-loopback `listen` without a secret (warned at start).
+    pub insecure: bool,
+    /// Certificate files (`[tls]`), resolved against the config's folder.
+    pub tls: TlsFiles,
 }
+
+/// `[tls]`: what the listener serves and what the dialler trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The listener's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Trust anchors for `wss://` peers: a CA or a pinned certificate (PEM).
+    pub ca: Option<PathBuf>,
+}
+
+/// The largest `secret_file` read: it holds one line.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// The longest timer setting: longer ones would overflow clock arithmetic
+/// and are a typo anyway.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
 
 /// The file form: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +112,18 @@ struct File {
     inbox_retention: Option<Retention>,
     fsync: Option<Fsync>,
     plain_clients: Option<bool>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +188,9 @@ impl Config {
         }
     }
 
-    /// Parse config text; `source` names it in errors.
+    /// Parse config text; `source` names it in errors, and relative paths
+    /// in it (`secret_file`, `[tls]`) are taken from `source`'s folder.
+    /// Reads `secret_file` if one is named.
     pub fn parse(instance: &str, text: &str, source: &str) -> Result<Config> {
         let err = |message: String| Error::Config {
             path: source.to_string(),
@@ -215,6 +257,41 @@ impl Config {
                 )));
             }
         }
+        let base = Path::new(source).parent().unwrap_or(Path::new(""));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let (secret, secret_file) = match (file.secret, file.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(err("set either `secret` or `secret_file`, not both".into()));
+            }
+            (Some(s), None) => (
+                Some(Secret::new(s.as_bytes()).map_err(|e| err(format!("secret: {e}")))?),
+                None,
+            ),
+            (None, Some(p)) => {
+                let p = resolve(p);
+                (Some(read_secret_file(&p).map_err(err)?), Some(p))
+            }
+            (None, None) => (None, None),
+        };
+        let tls = file
+            .tls
+            .map(|t| TlsFiles {
+                cert: t.cert.map(resolve),
+                key: t.key.map(resolve),
+                ca: t.ca.map(resolve),
+            })
+            .unwrap_or_default();
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(err(
+                "[tls] needs both `cert` and `key` for the listener, or neither".into(),
+            ));
+        }
+        if let (Some(p), None) = (peers.iter().find(|p| p.url.starts_with("wss://")), &tls.ca) {
+            return Err(err(format!(
+                "peer {:?} url {:?} is wss://: set `[tls] ca` to the CA (or the peer's own certificate) that verifies it",
+                p.name, p.url
+            )));
+        }
         let d = |v: Option<HumanDuration>, def: u64| {
             v.map(|h| h.0).unwrap_or(Duration::from_millis(def))
         };
@@ -256,6 +333,10 @@ impl Config {
                 .unwrap_or(1 << 30),
             fsync: file.fsync.unwrap_or(Fsync::Batch),
             plain_clients: file.plain_clients.unwrap_or(false),
+            secret,
+            secret_file,
+            insecure: file.insecure.unwrap_or(false),
+            tls,
         };
         cfg.check().map_err(err)?;
         Ok(cfg)
@@ -264,14 +345,35 @@ impl Config {
     /// Whether plain WebSocket clients may connect (SPEC §7): always when
     /// no secret is configured, and with a secret only if `plain_clients =
     /// true`, so they never bypass peer authentication.
-    ///
-    /// No secret exists in this version yet, so this is `true`; the
-    /// security branch makes it `self.plain_clients || secret.is_none()`.
     pub fn plain_clients_allowed(&self) -> bool {
-        true
+        self.plain_clients || self.secret.is_none()
+    }
+
+    /// Listening beyond this host with no secret: allowed only with
+    /// `insecure = true`, and warned about at start.
+    pub fn insecure_listen(&self) -> bool {
+        !self.listen.ip().is_loopback() && self.secret.is_none()
     }
 
     fn check(&self) -> std::result::Result<(), String> {
+        if self.insecure_listen() && !self.insecure {
+            return Err(format!(
+                "listen {} is not a loopback address and no secret is set, so anyone who can reach it could send messages; \
+                 set `secret` or `secret_file` (the same on both peers), or `insecure = true` to allow it anyway",
+                self.listen
+            ));
+        }
+        for (name, v) in [
+            ("heartbeat", self.heartbeat),
+            ("dead_after", self.dead_after),
+            ("handshake_timeout", self.handshake_timeout),
+            ("backoff_min", self.backoff_min),
+            ("backoff_max", self.backoff_max),
+        ] {
+            if v > MAX_TIMER {
+                return Err(format!("{name} must be at most 1 day"));
+            }
+        }
         if self.heartbeat.is_zero() || self.dead_after <= self.heartbeat {
             return Err(format!(
                 "dead_after ({}) must be longer than heartbeat ({}), and heartbeat above zero",
@@ -301,7 +403,7 @@ impl Config {
         let _ = writeln!(s, "# instance {} from {}", self.instance, self.source);
         let _ = writeln!(s, "node = \"{}\"", self.node);
         let _ = writeln!(s, "listen = \"{}\"", self.listen);
-        let _ = writeln!(s, "path = \"{}\"", self.path);
+        let _ = writeln!(s, "path = {}", quote(&self.path));
         let _ = writeln!(s, "heartbeat = {}", d(self.heartbeat));
         let _ = writeln!(s, "dead_after = {}", d(self.dead_after));
         let _ = writeln!(s, "handshake_timeout = {}", d(self.handshake_timeout));
@@ -342,11 +444,70 @@ impl Config {
                 );
             }
         }
+        if let Some(p) = &self.secret_file {
+            let _ = writeln!(s, "secret_file = {}", quote(&p.display().to_string()));
+        } else if self.secret.is_some() {
+            let _ = writeln!(s, "secret = \"<masked>\"");
+        }
+        if self.insecure {
+            let _ = writeln!(s, "insecure = true");
+        }
+        if self.tls != TlsFiles::default() {
+            let _ = writeln!(s, "\n[tls]");
+            for (k, v) in [
+                ("cert", &self.tls.cert),
+                ("key", &self.tls.key),
+                ("ca", &self.tls.ca),
+            ] {
+                if let Some(v) = v {
+                    let _ = writeln!(s, "{k} = {}", quote(&v.display().to_string()));
+                }
+            }
+        }
         for p in &self.peers {
-            let _ = writeln!(s, "\n[[peer]]\nname = \"{}\"\nurl = \"{}\"", p.name, p.url);
+            let _ = writeln!(
+                s,
+                "\n[[peer]]\nname = \"{}\"\nurl = {}",
+                p.name,
+                quote(&p.url)
+            );
         }
         s
     }
+}
+
+/// A TOML string literal.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Read the secret from `path`: a regular file of at most 4 KiB that only
+/// its owner may access (like ssh's private keys). Surrounding whitespace
+/// (the trailing newline) is not part of the secret.
+fn read_secret_file(path: &Path) -> std::result::Result<Secret, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("secret_file {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("secret_file {shown}: not a regular file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "secret_file {shown} may be read or changed by group or others (mode {mode:04o}); run `chmod 600 {shown}`"
+            ));
+        }
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "secret_file {shown}: {} bytes, over {MAX_SECRET_FILE}; it should hold one line",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("secret_file {shown}: {e}"))?;
+    Secret::new(bytes.trim_ascii()).map_err(|e| format!("secret_file {shown}: {e}"))
 }
 
 #[cfg(test)]
@@ -456,6 +617,102 @@ mod tests {
             let e = Config::parse("a", text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn secret_is_masked_and_exclusive() {
+        let text = "secret = \"correct horse battery staple\"";
+        let c = Config::parse("a", text, "a.toml").unwrap();
+        assert_eq!(c.secret.as_ref().map(|s| s.len()), Some(28));
+        let shown = c.render();
+        assert!(shown.contains("secret = \"<masked>\""), "{shown}");
+        assert!(!shown.contains("horse"), "{shown}");
+        assert!(!format!("{c:?}").contains("horse"));
+        let e = Config::parse(
+            "a",
+            "secret = \"0123456789abcdef\"\nsecret_file = \"s\"",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = Config::parse("a", "secret = \"short\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let source = dir.path().join("a.toml").display().to_string();
+        // Relative to the config file's folder.
+        let e = Config::parse("a", "secret_file = \"secret\"", &source)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chmod 600") && e.contains("0644"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse("a", "secret_file = \"secret\"", &source).unwrap();
+        // The newline is not part of the secret.
+        assert_eq!(c.secret.as_ref().map(|s| s.len()), Some(20));
+        assert_eq!(c.secret_file.as_deref(), Some(file.as_path()));
+        assert!(c.render().contains("secret_file = "));
+        let e = Config::parse("a", "secret_file = \"nope\"", &source)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_a_secret_or_insecure() {
+        let e = Config::parse("a", "listen = \"0.0.0.0:8080\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret") && e.contains("insecure = true"), "{e}");
+        let c = Config::parse("a", "listen = \"0.0.0.0:8080\"\ninsecure = true", "a.toml").unwrap();
+        assert!(c.insecure_listen());
+        let c = Config::parse(
+            "a",
+            "listen = \"0.0.0.0:8080\"\nsecret = \"0123456789abcdef\"",
+            "a.toml",
+        )
+        .unwrap();
+        assert!(!c.insecure_listen());
+        assert!(!Config::parse("a", "", "a.toml").unwrap().insecure_listen());
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        let e = Config::parse("a", "[tls]\ncert = \"c.pem\"", "/etc/peerd/a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both"), "{e}");
+        let wss = "[[peer]]\nname = \"b\"\nurl = \"wss://127.0.0.1:8081/ws\"\n";
+        let e = Config::parse("a", wss, "a.toml").unwrap_err().to_string();
+        assert!(e.contains("[tls] ca"), "{e}");
+        let text = format!("[tls]\nca = \"ca.pem\"\ncert = \"/x/c.pem\"\nkey = \"k.pem\"\n{wss}");
+        let c = Config::parse("a", &text, "/etc/peerd/a.toml").unwrap();
+        assert_eq!(c.tls.ca.as_deref(), Some(Path::new("/etc/peerd/ca.pem")));
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/x/c.pem")));
+        let again = Config::parse("a", &c.render(), "rendered").unwrap();
+        assert_eq!(again.tls, c.tls);
+        let e = Config::parse("a", "[tls]\ncrt = \"x\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("crt"), "{e}");
+    }
+
+    #[test]
+    fn huge_timers_are_refused() {
+        let e = Config::parse("a", "backoff_max = \"100000years\"", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backoff_max"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::link::Link;
 use crate::listener::{self, Accepting};
 use crate::server::{self, Control};
 use crate::status::PeerBoard;
+use crate::tls::Tls;
 
 /// Where this run keeps its files (resolved by `peerlink::paths`).
 #[derive(Debug, Clone)]
@@ -51,6 +52,7 @@ pub async fn run(
     on_ready: OnReady,
 ) -> Result<()> {
     let cfg = Arc::new(cfg);
+    let tls = Arc::new(Tls::load(&cfg)?);
     let tcp = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| Error::Listen {
@@ -59,6 +61,11 @@ pub async fn run(
         })?;
     let listen = tcp.local_addr()?;
     let control = peerlink::endpoint::bind(&paths.socket, paths.shared_socket).await?;
+    if cfg.insecure_listen() {
+        tracing::warn!(
+            "insecure = true: listening on {listen} beyond this host with no secret; anyone who can reach it can send messages"
+        );
+    }
     if cfg.fsync == Fsync::Never {
         tracing::warn!(
             "fsync = \"never\": accepted messages can be lost in a crash; use only for benchmarks"
@@ -92,6 +99,7 @@ pub async fn run(
             cfg: cfg.clone(),
             peer: peer.clone(),
             journal: journal.clone(),
+            tls: tls.clone(),
             board,
             offers: rx,
             shutdown: shutdown.clone(),
@@ -102,6 +110,7 @@ pub async fn run(
     let accepting = Arc::new(Accepting {
         cfg: cfg.clone(),
         journal: journal.clone(),
+        tls,
         links,
     });
     tracker.spawn(listener::run(

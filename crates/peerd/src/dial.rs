@@ -1,20 +1,28 @@
-//! Dialling a peer: TCP connect, WebSocket upgrade with the `peerlink.v1`
-//! subprotocol, then the dialler's side of the Hello exchange.
+//! Dialling a peer: TCP connect, TLS for `wss://` (the peer's certificate
+//! checked against `[tls] ca`), WebSocket upgrade with the `peerlink.v1`
+//! subprotocol, then the dialler's side of the handshake.
 
 use peerlink::control::Direction;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+use crate::auth::Transcript;
 use crate::config::{Config, Peer};
-use crate::handshake::{self, Established};
+use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
+use crate::tls::Tls;
 use crate::transport::{Io, ws_config};
-use crate::wire::{PeerFrame, SUBPROTOCOL};
+use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
 /// Dial `peer` and complete the handshake; the caller bounds the time.
 /// Errors are one line, meant for the log and `status`.
-pub async fn dial(cfg: &Config, journal: &Journal, peer: &Peer) -> Result<Established, String> {
+pub async fn dial(
+    cfg: &Config,
+    journal: &Journal,
+    tls: &Tls,
+    peer: &Peer,
+) -> Result<Established, String> {
     let mut request = peer
         .url
         .as_str()
@@ -29,18 +37,19 @@ pub async fn dial(cfg: &Config, journal: &Journal, peer: &Peer) -> Result<Establ
         .host()
         .ok_or_else(|| format!("no host in {}", peer.url))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let tls = uri.scheme_str() == Some("wss");
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    if tls {
-        return Err("wss:// is not supported yet".into());
-    }
+    let tls_wanted = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if tls_wanted { 443 } else { 80 });
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let remote = tcp.peer_addr().map_err(|e| e.to_string())?;
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
-    let io: Box<dyn Io> = Box::new(tcp);
+    let io: Box<dyn Io> = if tls_wanted {
+        Box::new(tls.connect(host, tcp).await?)
+    } else {
+        Box::new(tcp)
+    };
     let (mut ws, response) =
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config(cfg)))
             .await
@@ -56,15 +65,26 @@ pub async fn dial(cfg: &Config, journal: &Journal, peer: &Peer) -> Result<Establ
         ));
     }
     let mine = handshake::hello_for(cfg, journal, &peer.name);
-    handshake::send_frame(&mut ws, &PeerFrame::Hello(mine)).await?;
-    let hello = match handshake::read_frame(&mut ws).await? {
-        PeerFrame::Hello(h) => h,
-        _ => return Err("peer sent data before its Hello".into()),
-    };
+    let mine = handshake::send_hello(&mut ws, mine).await?;
+    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
     if let Err(e) = handshake::check_hello(&hello, Some(&peer.name), cfg) {
         handshake::refuse_protocol(ws, &e).await;
         return Err(e);
     }
+    if let Err(e) = handshake::check_auth_mode(&hello, cfg) {
+        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(cfg)).await;
+        return Err(format!("{} ({remote}): {e}", peer.name));
+    }
+    let t = Transcript {
+        dialler_hello: &mine,
+        listener_hello: &theirs,
+    };
+    handshake::authenticate_dialler(&mut ws, cfg, &t)
+        .await
+        .map_err(|e| match e {
+            HandshakeError::Auth(_) => format!("{} ({remote}): {e}", peer.name),
+            HandshakeError::Protocol(e) => e,
+        })?;
     Ok(Established {
         ws,
         hello,

@@ -1,8 +1,10 @@
-//! The Hello exchange that opens every peer session (see `wire` for the
-//! protocol). The dialler speaks first, naming itself; the listener checks
-//! the name against its configured peers and answers with its own Hello,
-//! filled in for that peer. Both directions are bounded by the caller's
-//! handshake timeout.
+//! The handshake that opens every peer session (see `wire` for the
+//! protocol): the Hello exchange and, with a secret, the mutual proofs of
+//! `auth`. The dialler speaks first, naming itself; the listener checks the
+//! name against its configured peers and answers with its own Hello, filled
+//! in for that peer; then the dialler proves it knows the secret, and only
+//! after checking that proof does the listener prove it too. Both
+//! directions are bounded by the caller's handshake timeout.
 
 use std::net::SocketAddr;
 
@@ -12,10 +14,36 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::auth::{self, Role, Transcript};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::transport::{Ws, max_frame};
-use crate::wire::{CLOSE_PROTOCOL, Hello, PeerFrame, WIRE_VERSION};
+use crate::wire::{self, CLOSE_AUTH, CLOSE_PROTOCOL, Hello, PeerFrame, WIRE_VERSION};
+
+/// Why a handshake did not complete. Authentication failures are told
+/// apart because they are logged louder: they may be an attack.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// A wrong or missing proof, or a secret on only one side.
+    Auth(String),
+    /// Anything else: version, unknown node, garbage, closed connection.
+    Protocol(String),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Auth(e) => write!(f, "authentication failed: {e}"),
+            HandshakeError::Protocol(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for HandshakeError {
+    fn from(e: String) -> Self {
+        HandshakeError::Protocol(e)
+    }
+}
 
 /// A session whose handshake is complete, on its way to its link task.
 pub struct Established {
@@ -40,18 +68,51 @@ pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
         expect_epoch: st.recv_epoch,
         expect_next: st.recv_next,
         max_frame: max_frame(cfg),
+        nonce: cfg.secret.as_ref().map(|_| auth::fresh_nonce()),
+    }
+}
+
+/// Send our Hello; returns the bytes sent (they are part of the transcript).
+pub async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
+    let bytes = PeerFrame::Hello(hello)
+        .encode()
+        .map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(bytes.clone().into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Read the peer's Hello; returns it and its bytes. A Hello of another
+/// protocol version is refused with a message saying which.
+pub async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
+    let bytes = read_binary(ws).await?;
+    match PeerFrame::decode(&bytes) {
+        Ok(PeerFrame::Hello(h)) => Ok((h, bytes)),
+        Ok(other) => Err(format!("peer sent {} before its Hello", other.kind())),
+        Err(e) => Err(match wire::hello_head(&bytes) {
+            Some((node, version)) if version != WIRE_VERSION => format!(
+                "peer {node:?} speaks peer protocol version {version}, this node speaks {WIRE_VERSION} (peerd {}): upgrade the older one",
+                peerlink::VERSION
+            ),
+            _ => format!("handshake: {e}"),
+        }),
     }
 }
 
 /// Read the next peer frame, skipping pings and pongs.
 pub async fn read_frame(ws: &mut Ws) -> Result<PeerFrame, String> {
+    let bytes = read_binary(ws).await?;
+    PeerFrame::decode(&bytes).map_err(|e| format!("handshake: {e}"))
+}
+
+/// Read the next binary message, skipping pings and pongs.
+async fn read_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
     loop {
         match ws.next().await {
             None => return Err("connection closed during handshake".into()),
             Some(Err(e)) => return Err(format!("handshake: {e}")),
-            Some(Ok(Message::Binary(b))) => {
-                return PeerFrame::decode(&b).map_err(|e| format!("handshake: {e}"));
-            }
+            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
             Some(Ok(Message::Close(f))) => {
                 let why = f
                     .map(|f| format!("{} {}", u16::from(f.code), f.reason))
@@ -98,6 +159,112 @@ pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Resul
         )),
         _ => Ok(()),
     }
+}
+
+/// Both sides need a secret, or neither: a mismatch is refused at once,
+/// with a message that says which side lacks it.
+pub fn check_auth_mode(hello: &Hello, cfg: &Config) -> Result<(), HandshakeError> {
+    match (cfg.secret.is_some(), hello.nonce.is_some()) {
+        (true, false) => Err(HandshakeError::Auth(format!(
+            "peer {:?} has no secret but this node requires one; set the same `secret` on both",
+            hello.node
+        ))),
+        (false, true) => Err(HandshakeError::Auth(format!(
+            "peer {:?} has a secret but this node has none; set the same `secret` on both",
+            hello.node
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The close reason for a secret on only one side, as the other side
+/// should read it.
+pub fn auth_mode_reason(cfg: &Config) -> String {
+    if cfg.secret.is_some() {
+        format!(
+            "{} requires authentication: set the same secret on both nodes",
+            cfg.node
+        )
+    } else {
+        format!(
+            "{} has no secret configured: set the same secret on both nodes",
+            cfg.node
+        )
+    }
+}
+
+/// The dialler's side of authentication (with a secret): prove, then
+/// check the listener's proof. Closes the connection on failure.
+pub async fn authenticate_dialler(
+    ws: &mut Ws,
+    cfg: &Config,
+    t: &Transcript<'_>,
+) -> Result<(), HandshakeError> {
+    let Some(secret) = &cfg.secret else {
+        return Ok(());
+    };
+    let mine = auth::proof(secret, Role::Dialler, t);
+    send_frame(ws, &PeerFrame::Auth { proof: mine }).await?;
+    let theirs = match read_frame(ws).await {
+        Ok(PeerFrame::Auth { proof }) => proof,
+        Err(e) => return Err(HandshakeError::Auth(format!("refused by the peer: {e}"))),
+        Ok(other) => {
+            return Err(HandshakeError::Auth(format!(
+                "the listener sent {} instead of its proof",
+                other.kind()
+            )));
+        }
+    };
+    if !auth::verify(secret, Role::Listener, t, &theirs) {
+        close(ws, CLOSE_AUTH, "authentication failed: wrong secret?").await;
+        return Err(HandshakeError::Auth(
+            "the listener's proof does not match this node's secret (is the secret the same on both?)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The listener's side of authentication (with a secret): check the
+/// dialler's proof, and only then prove. Closes the connection on failure.
+pub async fn authenticate_listener(
+    ws: &mut Ws,
+    cfg: &Config,
+    t: &Transcript<'_>,
+) -> Result<(), HandshakeError> {
+    let Some(secret) = &cfg.secret else {
+        return Ok(());
+    };
+    let theirs = match read_frame(ws).await {
+        Ok(PeerFrame::Auth { proof }) => proof,
+        Ok(other) => {
+            close(ws, CLOSE_AUTH, "authentication required").await;
+            return Err(HandshakeError::Auth(format!(
+                "the dialler sent {} instead of its proof",
+                other.kind()
+            )));
+        }
+        Err(e) => return Err(HandshakeError::Auth(format!("no proof: {e}"))),
+    };
+    if !auth::verify(secret, Role::Dialler, t, &theirs) {
+        close(ws, CLOSE_AUTH, "authentication failed: wrong secret?").await;
+        return Err(HandshakeError::Auth(
+            "the dialler's proof does not match this node's secret (wrong secret, or a replayed handshake)"
+                .into(),
+        ));
+    }
+    let mine = auth::proof(secret, Role::Listener, t);
+    send_frame(ws, &PeerFrame::Auth { proof: mine }).await?;
+    Ok(())
+}
+
+/// Send a close frame on a connection we still hold.
+async fn close(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    };
+    let _ = ws.close(Some(frame)).await;
 }
 
 /// Close a connection we refuse, telling the other side why.

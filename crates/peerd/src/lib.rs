@@ -15,7 +15,9 @@
 //! | `config`    | the effective configuration and its file format          |
 //! | `journal`   | outbox, inbox, per-peer delivery state; the only writer  |
 //! | `wire`      | the peer protocol (frames, version, limits)              |
-//! | `handshake` | the Hello exchange                                       |
+//! | `handshake` | the Hello exchange and the mutual authentication         |
+//! | `auth`      | the pre-shared secret and its HMAC proofs                |
+//! | `tls`       | TLS for the listener and the dialler (rustls)            |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
 //! | `plain`     | plain WebSocket clients (no `peerlink.v1`, SPEC §7)      |
@@ -25,6 +27,7 @@
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -40,6 +43,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod units;
 pub mod wire;

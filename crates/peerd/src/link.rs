@@ -30,6 +30,7 @@ use crate::handshake::{self, Established};
 use crate::journal::Journal;
 use crate::session::{self, CloseReason};
 use crate::status::PeerBoard;
+use crate::tls::Tls;
 use crate::wire::CLOSE_DUPLICATE;
 
 /// Should a new session dialled by `new_dialler` replace the live one
@@ -43,6 +44,8 @@ pub struct Link {
     pub cfg: Arc<Config>,
     pub peer: Peer,
     pub journal: Journal,
+    /// What `wss://` dials trust.
+    pub tls: Arc<Tls>,
     pub board: PeerBoard,
     /// Sessions the listener accepted from this peer.
     pub offers: mpsc::Receiver<Established>,
@@ -67,6 +70,9 @@ impl Link {
         let mut next_dial = Instant::now();
         let mut next_id = 0u64;
         let mut sessions = 0u64;
+        // The last dial error logged at warn: a new kind of failure (wrong
+        // secret, bad certificate) is logged once, not at every retry.
+        let mut last_warned: Option<String> = None;
         loop {
             let may_dial = live.is_none() && !dialling;
             tokio::select! {
@@ -77,8 +83,15 @@ impl Link {
                 Some(result) = dialled_rx.recv() => {
                     dialling = false;
                     match result {
-                        Ok(est) => self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx),
+                        Ok(est) => {
+                            last_warned = None;
+                            self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx)
+                        }
                         Err(e) => {
+                            if last_warned.as_deref() != Some(e.as_str()) {
+                                tracing::warn!(peer = %self.peer.name, "cannot connect: {e} (retrying with backoff)");
+                                last_warned = Some(e.clone());
+                            }
                             if live.is_none() {
                                 next_dial = self.schedule(&mut backoff, &e);
                             }
@@ -103,14 +116,19 @@ impl Link {
                             s.next_attempt_ms = None;
                         }
                     });
-                    let (cfg, journal, peer, tx) =
-                        (self.cfg.clone(), self.journal.clone(), self.peer.clone(), dialled_tx.clone());
+                    let (cfg, journal, tls, peer, tx) = (
+                        self.cfg.clone(),
+                        self.journal.clone(),
+                        self.tls.clone(),
+                        self.peer.clone(),
+                        dialled_tx.clone(),
+                    );
                     let shutdown = self.shutdown.clone();
                     self.tracker.spawn(async move {
                         let timeout = cfg.handshake_timeout;
                         let r = tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            r = tokio::time::timeout(timeout, dial::dial(&cfg, &journal, &peer)) => r,
+                            r = tokio::time::timeout(timeout, dial::dial(&cfg, &journal, &tls, &peer)) => r,
                         };
                         let r = r.unwrap_or_else(|_| {
                             Err(format!("no handshake within {}", humantime::format_duration(timeout)))

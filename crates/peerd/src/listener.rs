@@ -1,9 +1,13 @@
-//! The WebSocket listener: accepts connections on `listen`, upgrades them
-//! at `path`, runs the listener's side of the Hello exchange and hands the
-//! session to the link task of the peer that introduced itself. A client
-//! that does not ask for `peerlink.v1` is a plain WebSocket client: it is
-//! handed to [`crate::plain`] when plain clients are allowed, and closed
-//! with a reason when they are not.
+//! The WebSocket listener: accepts connections on `listen`, runs TLS when
+//! `[tls]` has a certificate, upgrades them at `path`, runs the listener's
+//! side of the handshake (Hello, then authentication with a secret) and
+//! hands the session to the link task of the peer that introduced and
+//! proved itself. Nothing a connection sends before that reaches the
+//! journal or a link task; a failed authentication is logged once, with
+//! the remote address, at `warn`. A client that does not ask for
+//! `peerlink.v1` is a plain WebSocket client: it is handed to
+//! [`crate::plain`] when plain clients are allowed (no secret, or
+//! `plain_clients = true`), and closed with a reason when they are not.
 //!
 //! Every connection is bounded before it costs anything: at most
 //! `max_pending_handshakes` handshakes at once (a permit is taken before
@@ -24,17 +28,21 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Transcript;
 use crate::config::Config;
-use crate::handshake::{self, Established};
+use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
-use crate::transport::{Io, Ws, ws_config};
-use crate::wire::{PeerFrame, SUBPROTOCOL};
+use crate::tls::Tls;
+use crate::transport::{Ws, ws_config};
+use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
 /// What the listener needs to hand sessions on.
 pub struct Accepting {
     pub cfg: Arc<Config>,
     pub journal: Journal,
+    /// The listener's TLS (none: plain `ws://`).
+    pub tls: Arc<Tls>,
     /// The link task of each peer, by node name.
     pub links: HashMap<String, mpsc::Sender<Established>>,
 }
@@ -87,6 +95,7 @@ pub async fn run(
             drop(permit);
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
+                Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(Accepted::Peer(est))) => {
                     if let Some(link) = ctx.links.get(&est.hello.node) {
@@ -109,8 +118,9 @@ pub async fn run(
 }
 
 /// What an accepted connection turned out to be.
+#[allow(clippy::large_enum_variant)] // one per connection, moved once
 enum Accepted {
-    /// A peer, past its handshake.
+    /// A peer, past its handshake and authentication.
     Peer(Established),
     /// A plain WebSocket client (no `peerlink.v1`), upgraded.
     Plain(Ws),
@@ -118,10 +128,14 @@ enum Accepted {
 
 /// Upgrade and handshake one connection.
 #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
-async fn accept(tcp: TcpStream, remote: SocketAddr, ctx: &Accepting) -> Result<Accepted, String> {
+async fn accept(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    ctx: &Accepting,
+) -> Result<Accepted, HandshakeError> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
-    let io: Box<dyn Io> = Box::new(tcp);
+    let io = ctx.tls.accept(tcp).await?;
     let path = ctx.cfg.path.clone();
     let mut wants_peer = false;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -155,26 +169,34 @@ async fn accept(tcp: TcpStream, remote: SocketAddr, ctx: &Accepting) -> Result<A
         if !ctx.cfg.plain_clients_allowed() {
             handshake::refuse(
                 ws,
-                plain::CLOSE_POLICY,
-                "plain WebSocket clients are not accepted here (a secret is set); peers use subprotocol peerlink.v1",
+                CLOSE_AUTH,
+                "this node requires authentication: plain WebSocket clients are not accepted (a secret is set); peers use subprotocol peerlink.v1",
             )
             .await;
             return Err(
-                "plain WebSocket client refused: a secret is set and plain_clients is off".into(),
+                "plain WebSocket client refused: a secret is set and plain_clients is off"
+                    .to_string()
+                    .into(),
             );
         }
         return Ok(Accepted::Plain(ws));
     }
-    let hello = match handshake::read_frame(&mut ws).await? {
-        PeerFrame::Hello(h) => h,
-        _ => return Err("peer sent data before its Hello".into()),
-    };
+    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
     if let Err(e) = handshake::check_hello(&hello, None, &ctx.cfg) {
         handshake::refuse_protocol(ws, &e).await;
+        return Err(e.into());
+    }
+    if let Err(e) = handshake::check_auth_mode(&hello, &ctx.cfg) {
+        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(&ctx.cfg)).await;
         return Err(e);
     }
     let mine = handshake::hello_for(&ctx.cfg, &ctx.journal, &hello.node);
-    handshake::send_frame(&mut ws, &PeerFrame::Hello(mine)).await?;
+    let mine = handshake::send_hello(&mut ws, mine).await?;
+    let t = Transcript {
+        dialler_hello: &theirs,
+        listener_hello: &mine,
+    };
+    handshake::authenticate_listener(&mut ws, &ctx.cfg, &t).await?;
     Ok(Accepted::Peer(Established {
         ws,
         dialled_by: hello.node.clone(),

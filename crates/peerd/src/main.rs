@@ -42,6 +42,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { instance }) = &cli.command {
         let cfg = Config::load(instance, cli.config.as_deref())?;
+        peerd::tls::Tls::load(&cfg)?;
         print!("{}", cfg.render());
         return Ok(());
     }

@@ -7,9 +7,17 @@
 //! and replies come back in order. A `Tail` turns the connection into a
 //! stream that reads the journal at the client's own pace, so a slow reader
 //! holds no buffer and stalls nobody.
+//!
+//! Bounds: at most [`MAX_CLIENTS`] connections at once (more are closed at
+//! once, logged once per episode); the first frame (Hello) must come
+//! within `handshake_timeout`; every frame is at most `MAX_FRAME`; at most
+//! [`MAX_PIPELINED`] requests of one client wait for their replies before
+//! its next request is read.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
@@ -27,6 +35,10 @@ use crate::status::PeerBoard;
 
 /// Entries per `Entries` reply while catching up.
 const TAIL_CHUNK: usize = 1000;
+/// Control connections served at once.
+pub const MAX_CLIENTS: usize = 256;
+/// Requests of one client whose replies may be pending at once.
+pub const MAX_PIPELINED: usize = 64;
 
 /// What the control server answers from.
 pub struct Control {
@@ -46,6 +58,8 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut refused_logged = false;
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -53,6 +67,17 @@ pub async fn run(
         };
         match conn {
             Ok(conn) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    if !refused_logged {
+                        tracing::warn!(
+                            "too many control clients ({MAX_CLIENTS}); closing new ones until some leave"
+                        );
+                        refused_logged = true;
+                    }
+                    drop(conn);
+                    continue;
+                };
+                refused_logged = false;
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
@@ -60,6 +85,7 @@ pub async fn run(
                         _ = shutdown.cancelled() => {}
                         _ = serve(conn, &ctx) => {}
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -76,8 +102,21 @@ async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
     let mut reader = frame::reader(rx, MAX_FRAME);
     let mut writer = frame::writer(tx, MAX_FRAME);
-    // Hello first.
-    match frame::recv::<Request, _>(&mut reader).await {
+    // Hello first, and soon: a client that connects and says nothing does
+    // not get to hold a connection.
+    let first = tokio::time::timeout(
+        ctx.cfg.handshake_timeout,
+        frame::recv::<Request, _>(&mut reader),
+    )
+    .await;
+    let Ok(first) = first else {
+        tracing::info!(
+            "control client sent no Hello within {}; closed",
+            humantime::format_duration(ctx.cfg.handshake_timeout)
+        );
+        return;
+    };
+    match first {
         Ok(Some(Request::Hello { version, .. })) if version == PROTOCOL_VERSION => {
             let hello = Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -113,7 +152,7 @@ async fn serve(conn: Stream, ctx: &Control) {
     let mut reading = true;
     loop {
         tokio::select! {
-            req = frame::recv::<Request, _>(&mut reader), if reading => match req {
+            req = frame::recv::<Request, _>(&mut reader), if reading && replies.len() < MAX_PIPELINED => match req {
                 Ok(None) => reading = false,
                 Err(FrameError::Io(_)) => return,
                 Err(e) => {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -36,6 +36,10 @@ use crate::wire::{BATCH_TARGET, CLOSE_DUPLICATE, FRAME_OVERHEAD, PeerFrame, Reco
 const WINDOW_BYTES: u64 = 16 << 20;
 /// Unacknowledged batches a sender may have in flight.
 const WINDOW_BATCHES: usize = 256;
+/// Bytes of received records that may wait for the journal at once: twice
+/// a sender's window, so only a peer that ignores the window ever waits
+/// here (and then it is slowed down instead of filling our memory).
+const PENDING_BYTES: u64 = 2 * WINDOW_BYTES;
 
 /// Why the link task closes a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +78,12 @@ impl Session {
         };
         let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
         let (sink, stream) = est.ws.split();
+        let budget = Arc::new(Semaphore::new(PENDING_BYTES as usize));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
         let result = tokio::select! {
-            r = self.receive(stream, peer_epoch, pending_tx, acked_tx) => r,
+            r = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx) => r,
             r = acks(pending_rx, ack_out_tx) => r,
             r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => r,
         };
@@ -92,6 +97,7 @@ impl Session {
         &self,
         mut stream: SplitStream<Ws>,
         peer_epoch: u64,
+        budget: Arc<Semaphore>,
         pending: mpsc::UnboundedSender<Pending>,
         acked: watch::Sender<u64>,
     ) -> Result<(), String> {
@@ -120,8 +126,20 @@ impl Session {
                         }
                         // (The journal counts what it stores, duplicates
                         // dropped.)
+                        let b: u64 = records.iter().map(|r| r.body.len() as u64).sum();
+                        // Within PENDING_BYTES, so a u32 always holds it.
+                        let cost = b.min(PENDING_BYTES) as u32;
+                        let permit = budget
+                            .clone()
+                            .acquire_many_owned(cost)
+                            .await
+                            .map_err(|_| "session closing".to_string())?;
                         let write = self.journal.append_inbox(self.peer.clone(), epoch, records);
-                        let _ = pending.send(Box::pin(write));
+                        let _ = pending.send(Box::pin(async move {
+                            let stored = write.await;
+                            drop(permit);
+                            stored
+                        }));
                     }
                     PeerFrame::Ack { epoch, next } => {
                         if epoch == self.journal.epoch() {
@@ -133,7 +151,9 @@ impl Session {
                             });
                         }
                     }
-                    PeerFrame::Hello(_) => return Err("unexpected Hello in a live session".into()),
+                    f @ (PeerFrame::Hello(_) | PeerFrame::Auth { .. }) => {
+                        return Err(format!("unexpected {} in a live session", f.kind()));
+                    }
                 },
                 Message::Pong(p) => {
                     if let Ok(sent) = <[u8; 8]>::try_from(&p[..]) {

@@ -8,16 +8,39 @@
 //! carry the sender's clock (8 bytes, big-endian microseconds) so the pong
 //! measures RTT. Text messages are not part of the protocol.
 //!
+//! # Frames
+//!
+//! | frame   | when                          | carries                                             |
+//! |---------|-------------------------------|-----------------------------------------------------|
+//! | `Hello` | first frame each way          | node, [`WIRE_VERSION`], software, journal epoch, what it expects from the other (epoch, next seq), largest frame it takes, auth [`Nonce`] (or none: no secret) |
+//! | `Auth`  | after both Hellos, with a secret | HMAC-SHA256 proof (`auth`), dialler's first     |
+//! | `Data`  | after the handshake           | a batch of consecutive records of the sender's outbox |
+//! | `Ack`   | after the handshake           | cumulative: every record of that epoch below `next` is durable |
+//!
 //! # Conversation
 //!
-//! 1. Both sides send [`PeerFrame::Hello`] at once, then read the other's,
-//!    within `handshake_timeout`. The Hello names the node, states the
-//!    protocol version ([`WIRE_VERSION`], must be equal), its journal epoch,
-//!    what it expects from the other (epoch and next sequence number), and
-//!    the largest frame it accepts.
-//! 2. Then, in both directions at once: `Data` (a batch of consecutive
-//!    records of the sender's outbox) and `Ack` (cumulative: every record
-//!    of that epoch below `next` is durable in the receiver's inbox).
+//! All of the handshake is bounded by `handshake_timeout`.
+//!
+//! 1. The dialler sends its `Hello`. The listener checks it (version equal,
+//!    a configured peer, not its own name, both sides with a secret or
+//!    both without) and answers with its own `Hello`, or closes with
+//!    [`CLOSE_PROTOCOL`] / [`CLOSE_AUTH`] and a reason.
+//! 2. With a secret (both Hellos carry a nonce): the dialler sends
+//!    `Auth { proof }`; the listener checks it **before** sending its own
+//!    `Auth`, and closes with [`CLOSE_AUTH`] "authentication failed" if it
+//!    does not verify; the dialler checks the listener's proof the same way.
+//!    Only then is the session handed to the peer's link task. Without a
+//!    secret on either side there is no `Auth` and the session starts
+//!    after the Hellos. (Proofs: see `auth`.)
+//! 3. Then, in both directions at once: `Data` and `Ack`.
+//!
+//! # Version rule
+//!
+//! [`WIRE_VERSION`] is bumped on any incompatible change to [`PeerFrame`];
+//! both sides must state the same one. `Hello` stays variant 0 and starts
+//! with `node` and `version` in every version, so a Hello that does not
+//! decode still tells which version the peer speaks, and the refusal says
+//! what differs. (Version 1 had no nonce and no `Auth`.)
 //!
 //! # Delivery rule
 //!
@@ -31,38 +54,68 @@
 //!
 //! [`CLOSE_DUPLICATE`] (4000) "duplicate link" for the loser of a
 //! collision; 1001 "going away" on shutdown; [`CLOSE_PROTOCOL`] (4001) for
-//! a handshake that cannot go on (wrong version, unknown node, ...).
+//! a handshake that cannot go on (wrong version, unknown node, ...);
+//! [`CLOSE_AUTH`] (4002) for a failed or impossible authentication (wrong
+//! proof, or a secret on only one side).
 //!
 //! # Limits
 //!
 //! A frame is at most the receiver's `max_frame` (from its Hello; derived
 //! from `max_message`); larger WebSocket messages are refused by
-//! tungstenite before they are buffered. Decoding goes through the codec's
-//! size limit.
+//! tungstenite before they are buffered. The HTTP upgrade request is
+//! bounded by tungstenite (64 KiB). Decoding goes through the codec's size
+//! limit. The listener runs at most `max_pending_handshakes` handshakes at
+//! once, each within `handshake_timeout`.
+//!
+//! # Trust boundary
+//!
+//! Everything before a verified `Auth` comes from an unknown party: it is
+//! decoded with limits, checked, and never reaches the journal or the link
+//! task; a failure is logged once with the remote address and closes only
+//! that connection. The listener's `Hello` (node name, epoch, resume point)
+//! is sent before the dialler is authenticated; it holds nothing secret.
+//! After authentication the peer is trusted to send well-formed records,
+//! but its frames are still bounded and decoded with limits. Without TLS
+//! the session's bytes can be read or altered on the path: use `wss://`
+//! across untrusted networks.
 
 use serde::{Deserialize, Serialize};
 
 use peerlink::codec::{self, CodecError};
 
+use crate::auth::Nonce;
+
 /// The WebSocket subprotocol a peer must ask for.
 pub const SUBPROTOCOL: &str = "peerlink.v1";
 /// Bumped on any incompatible change to [`PeerFrame`].
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// Close code: this session lost the collision rule.
 pub const CLOSE_DUPLICATE: u16 = 4000;
 /// Close code: the handshake was refused.
 pub const CLOSE_PROTOCOL: u16 = 4001;
+/// Close code: authentication failed or cannot happen.
+pub const CLOSE_AUTH: u16 = 4002;
 /// Room for framing and per-record overhead on top of `max_message`.
 pub const FRAME_OVERHEAD: u64 = 64 * 1024;
 /// A sender stops adding records to a batch once it holds this many bytes.
 pub const BATCH_TARGET: u64 = 256 * 1024;
 
-/// One peer frame.
+/// One peer frame. `Hello` must stay variant 0 (see the version rule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     Hello(Hello),
-    Data { epoch: u64, records: Vec<Record> },
-    Ack { epoch: u64, next: u64 },
+    Data {
+        epoch: u64,
+        records: Vec<Record>,
+    },
+    Ack {
+        epoch: u64,
+        next: u64,
+    },
+    /// Proof of the secret over both Hellos (see `auth`).
+    Auth {
+        proof: Vec<u8>,
+    },
 }
 
 /// The first frame each way.
@@ -79,6 +132,20 @@ pub struct Hello {
     pub expect_next: u64,
     /// The largest frame the sender accepts.
     pub max_frame: u64,
+    /// A fresh nonce when the sender has a secret; none when it has not.
+    pub nonce: Option<Nonce>,
+}
+
+/// What every version's Hello starts with.
+#[derive(Debug, Deserialize)]
+struct HelloHead {
+    node: String,
+    version: u32,
+}
+
+#[derive(Debug, Deserialize)]
+enum FrameHead {
+    Hello(HelloHead),
 }
 
 /// One message of the sender's outbox.
@@ -98,6 +165,25 @@ impl PeerFrame {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
     }
+
+    /// The frame's kind, for log lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerFrame::Hello(_) => "Hello",
+            PeerFrame::Data { .. } => "Data",
+            PeerFrame::Ack { .. } => "Ack",
+            PeerFrame::Auth { .. } => "Auth",
+        }
+    }
+}
+
+/// The node name and version of a Hello that did not decode as this
+/// version's, if it is a Hello at all.
+pub fn hello_head(bytes: &[u8]) -> Option<(String, u32)> {
+    match codec::decode_prefix::<FrameHead>(bytes) {
+        Ok(FrameHead::Hello(h)) => Some((h.node, h.version)),
+        Err(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +201,7 @@ mod tests {
                 expect_epoch: 7,
                 expect_next: 3,
                 max_frame: 1 << 20,
+                nonce: Some([7; 32]),
             }),
             PeerFrame::Data {
                 epoch: 42,
@@ -125,10 +212,21 @@ mod tests {
                 }],
             },
             PeerFrame::Ack { epoch: 42, next: 2 },
+            PeerFrame::Auth { proof: vec![1; 32] },
         ];
         for f in frames {
             assert_eq!(PeerFrame::decode(&f.encode().unwrap()).unwrap(), f);
         }
+    }
+
+    #[test]
+    fn an_old_hello_still_tells_its_version() {
+        // Version 1's Hello: no nonce field.
+        let v1 = codec::encode(&(0u32, "a", 1u32, "0.0.1", 1u64, 0u64, 1u64, 100u64)).unwrap();
+        assert!(PeerFrame::decode(&v1).is_err());
+        assert_eq!(hello_head(&v1), Some(("a".to_string(), 1)));
+        let ack = PeerFrame::Ack { epoch: 1, next: 2 }.encode().unwrap();
+        assert_eq!(hello_head(&ack), None);
     }
 
     #[test]

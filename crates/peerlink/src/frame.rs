@@ -30,7 +30,9 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-fn length_codec(max_frame: usize) -> LengthDelimitedCodec {
+/// The length-prefix codec itself, for synchronous use (property tests,
+/// fuzzing); [`reader`] and [`writer`] wrap streams with it.
+pub fn length_codec(max_frame: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
         .big_endian()

@@ -126,9 +126,12 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
                 return;
             }
             match last_from.get_mut(m.origin) {
-                Some(last) => *last = (m.origin_epoch, m.origin_seq + 1),
+                Some(last) => *last = (m.origin_epoch, m.origin_seq.saturating_add(1)),
                 None => {
-                    last_from.insert(m.origin.to_string(), (m.origin_epoch, m.origin_seq + 1));
+                    last_from.insert(
+                        m.origin.to_string(),
+                        (m.origin_epoch, m.origin_seq.saturating_add(1)),
+                    );
                 }
             }
             if seq >= checkpoint {
@@ -427,7 +430,7 @@ impl Writer {
                             failed = Some(e);
                             break;
                         }
-                        p.recv_next = r.seq + 1;
+                        p.recv_next = r.seq.saturating_add(1); // a hostile u64::MAX must not overflow
                         counted.0 += 1;
                         counted.1 += r.body.len() as u64;
                     }
