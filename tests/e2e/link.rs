@@ -117,6 +117,15 @@ fn every_start_order_ends_with_one_session_and_messages_flowing() {
         });
         // Still one shared session after traffic.
         assert_one_shared_session(&a, &b);
+        // Losing a collision is not a reconnect: the link never went down.
+        for (d, peer) in [(&a, "b"), (&b, "a")] {
+            assert_eq!(
+                d.peer(peer)["reconnects"],
+                0,
+                "round {i} {order:?}: {}",
+                d.spec.log()
+            );
+        }
     }
 }
 

@@ -94,13 +94,27 @@ pub fn peerctl_bin() -> &'static Path {
     &bins().peerctl
 }
 
-/// A loopback port that was free a moment ago. (The daemon binds it
-/// itself; [`Daemon::start`] retries on the rare collision.)
+/// A loopback port that was free a moment ago, for a daemon to listen on.
+///
+/// Taken from below the kernel's ephemeral range (Linux: 32768 and up), not
+/// from it: a port the kernel handed out for `bind(:0)` can be handed out
+/// again as the local port of some outgoing connection (a daemon dialling
+/// its peer) before the daemon binds it. Ports below that range are only
+/// ever used when asked for by number; each is handed out once per test
+/// process, starting at a random place so parallel runs rarely meet.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(rand::random::<u16>() % SPAN));
+    for _ in 0..SPAN {
+        let port = LOW + next.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Poll `cond` until it holds or `timeout` passes; panics with `what`.

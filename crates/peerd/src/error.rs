@@ -11,7 +11,7 @@ pub enum Error {
     Config { path: String, message: String },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: String,
         source: std::io::Error,

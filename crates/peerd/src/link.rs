@@ -63,13 +63,16 @@ struct Live {
 impl Link {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
-        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, String)>();
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, session::Ended)>();
         let (dialled_tx, mut dialled_rx) = mpsc::channel::<Result<Established, String>>(1);
         let mut live: Option<Live> = None;
         let mut dialling = false;
         let mut next_dial = Instant::now();
         let mut next_id = 0u64;
         let mut sessions = 0u64;
+        // The last session ended as the loser of a collision (not a
+        // reconnect when the kept one arrives).
+        let mut after_collision = false;
         // The last dial error logged at warn: a new kind of failure (wrong
         // secret, bad certificate) is logged once, not at every retry.
         let mut last_warned: Option<String> = None;
@@ -78,14 +81,14 @@ impl Link {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 Some(est) = self.offers.recv() => {
-                    self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx);
+                    self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx);
                 }
                 Some(result) = dialled_rx.recv() => {
                     dialling = false;
                     match result {
                         Ok(est) => {
                             last_warned = None;
-                            self.offer(est, &mut live, &mut next_id, &mut sessions, &ended_tx)
+                            self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx)
                         }
                         Err(e) => {
                             if last_warned.as_deref() != Some(e.as_str()) {
@@ -98,14 +101,26 @@ impl Link {
                         }
                     }
                 }
-                Some((id, why)) = ended_rx.recv() => {
+                Some((id, ended)) = ended_rx.recv() => {
                     if live.as_ref().is_some_and(|l| l.id == id) {
                         let Some(l) = live.take() else { continue };
                         if l.since.elapsed() >= self.cfg.dead_after {
                             backoff.reset();
                         }
-                        tracing::warn!(peer = %self.peer.name, "link down: {why}");
-                        next_dial = self.schedule(&mut backoff, &why);
+                        if ended.duplicate {
+                            // The peer kept the other session of a
+                            // collision; it is on its way here. Dial only
+                            // if it does not come (after the usual backoff).
+                            tracing::debug!(peer = %self.peer.name, "the peer kept the other session of a collision");
+                            after_collision = true;
+                            let delay = backoff.next_delay();
+                            self.board.update(|s| s.state = LinkState::Connecting);
+                            next_dial = Instant::now() + delay;
+                        } else {
+                            tracing::warn!(peer = %self.peer.name, "link down: {}", ended.why);
+                            after_collision = false;
+                            next_dial = self.schedule(&mut backoff, &ended.why);
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(next_dial), if may_dial => {
@@ -167,8 +182,12 @@ impl Link {
         live: &mut Option<Live>,
         next_id: &mut u64,
         sessions: &mut u64,
-        ended: &mpsc::UnboundedSender<(u64, String)>,
+        after_collision: bool,
+        ended: &mpsc::UnboundedSender<(u64, session::Ended)>,
     ) {
+        // Winning a collision against the other side's session is not a
+        // reconnect: the link never went down.
+        let mut collision = after_collision;
         if let Some(l) = live.as_ref() {
             if !new_session_wins(&l.dialled_by, &est.dialled_by) {
                 tracing::debug!(peer = %self.peer.name, "duplicate link dialled by {}: closing it", est.dialled_by);
@@ -177,6 +196,7 @@ impl Link {
                 return;
             }
             if let Some(old) = live.take() {
+                collision = old.dialled_by != est.dialled_by;
                 tracing::debug!(peer = %self.peer.name, "duplicate link dialled by {}: replacing it", old.dialled_by);
                 let _ = old.close.send(CloseReason::Duplicate);
             }
@@ -200,7 +220,7 @@ impl Link {
             s.connected_since_ms = Some(now);
             s.last_handshake_ms = Some(now);
             s.next_attempt_ms = None;
-            if *sessions > 0 {
+            if *sessions > 0 && !collision {
                 s.reconnects += 1;
             }
         });

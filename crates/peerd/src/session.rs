@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -50,6 +51,16 @@ pub enum CloseReason {
     GoingAway,
 }
 
+/// How a session ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Why, in one line (for the log and `status`).
+    pub why: String,
+    /// The peer closed it as the loser of a collision: the link is not
+    /// down, the session the peer kept is on its way.
+    pub duplicate: bool,
+}
+
 /// What a session runs with.
 pub struct Session {
     pub cfg: Arc<Config>,
@@ -62,7 +73,7 @@ type Pending = std::pin::Pin<Box<dyn Future<Output = Result<u64, JournalError>> 
 
 impl Session {
     /// Run until the session ends; returns why, in one line.
-    pub async fn run(self, est: Established, close: oneshot::Receiver<CloseReason>) -> String {
+    pub async fn run(self, est: Established, close: oneshot::Receiver<CloseReason>) -> Ended {
         let my_epoch = self.journal.epoch();
         let peer_epoch = est.hello.epoch;
         // Where to resume: the peer told us what it expects next. If it
@@ -82,14 +93,15 @@ impl Session {
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
+        let duplicate = AtomicBool::new(false);
         let result = tokio::select! {
-            r = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx) => r,
+            r = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx, &duplicate) => r,
             r = acks(pending_rx, ack_out_tx) => r,
             r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => r,
         };
-        match result {
-            Ok(()) => "closed".to_string(),
-            Err(e) => e,
+        Ended {
+            why: result.err().unwrap_or_else(|| "closed".to_string()),
+            duplicate: duplicate.load(Ordering::Relaxed),
         }
     }
 
@@ -100,6 +112,7 @@ impl Session {
         budget: Arc<Semaphore>,
         pending: mpsc::UnboundedSender<Pending>,
         acked: watch::Sender<u64>,
+        duplicate: &AtomicBool,
     ) -> Result<(), String> {
         let dead_after = self.cfg.dead_after;
         loop {
@@ -162,6 +175,11 @@ impl Session {
                     }
                 }
                 Message::Close(f) => {
+                    if f.as_ref()
+                        .is_some_and(|f| u16::from(f.code) == CLOSE_DUPLICATE)
+                    {
+                        duplicate.store(true, Ordering::Relaxed);
+                    }
                     let why = f
                         .map(|f| format!("{} {}", u16::from(f.code), f.reason))
                         .unwrap_or_default();

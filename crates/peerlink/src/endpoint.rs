@@ -26,7 +26,7 @@ pub enum BindError {
     },
     #[error("another peerd is already answering on {0}")]
     InUse(String),
-    #[error("cannot create control socket {path}: {source}")]
+    #[error("cannot create control socket {path}")]
     Io { path: String, source: io::Error },
 }
 
