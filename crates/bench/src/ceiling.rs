@@ -83,3 +83,26 @@ pub fn disk(dir: &std::path::Path, total: u64, block: usize, group: u64) -> Resu
     std::fs::remove_file(&path)?;
     Ok(written as f64 / secs)
 }
+
+/// The disk's floor for durable latency: `n` appends of 100 bytes, each
+/// followed by `fdatasync`, paced like the latency runs. Returns the
+/// fdatasync times in ms, sorted. A message sent end to end on one machine
+/// waits for two of these in series (the sender's outbox, then the
+/// receiver's inbox), on the same disk.
+pub fn fsync_latencies(dir: &std::path::Path, n: usize) -> Result<Vec<f64>> {
+    use std::io::Write;
+    let path = dir.join("fsync-latency");
+    let mut f = std::fs::File::create(&path)?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        f.write_all(&[b'x'; 100])?;
+        let t = Instant::now();
+        f.sync_data()?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(lat)
+}

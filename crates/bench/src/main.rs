@@ -36,6 +36,9 @@ struct Plan {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only latency` (or throughput, backlog): one part, for profiling.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let out_path = std::env::args()
         .skip_while(|a| a != "--out")
         .nth(1)
@@ -87,7 +90,7 @@ fn main() -> Result<()> {
 
     // Throughput, with the ceiling measured right before each size.
     let mut tput = Vec::new();
-    for &(size, n) in &plan.sizes {
+    for &(size, n) in plan.sizes.iter().filter(|_| wants("throughput")) {
         let mut ceil = Vec::new();
         for _ in 0..RUNS {
             let d = rt.block_on(ceiling::run(size, n, ceiling::BATCH))?;
@@ -129,7 +132,19 @@ fn main() -> Result<()> {
     results.insert("throughput".into(), Value::Array(tput));
 
     let mut lat = Vec::new();
-    for &(rate, dur) in &plan.rates {
+    if wants("latency") {
+        let f = ceiling::fsync_latencies(disk_dir.path(), if quick { 500 } else { 3000 })?;
+        let (p50, p99, p999) = (pct(&f, 0.5), pct(&f, 0.99), pct(&f, 0.999));
+        rows.push(format!(
+            "{:<28}p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  (one fdatasync; two in series per message)",
+            "disk fdatasync", p50, p99, p999
+        ));
+        results.insert(
+            "fdatasync_ms".into(),
+            json!({"p50": p50, "p99": p99, "p999": p999, "samples": f.len()}),
+        );
+    }
+    for &(rate, dur) in plan.rates.iter().filter(|_| wants("latency")) {
         let (p50, p99, p999, n) =
             latency(rate, dur).with_context(|| format!("latency at {rate}/s"))?;
         rows.push(format!(
@@ -146,15 +161,17 @@ fn main() -> Result<()> {
     }
     results.insert("latency".into(), Value::Array(lat));
 
-    let backlog = backlog(plan.backlog).context("backlog")?;
-    rows.push(format!(
-        "{:<28}{:>14.0} msgs/s drain ({} msgs queued in {:.2}s)",
-        "backlog drain 64 B",
-        backlog["drain_msgs_per_s"].as_f64().unwrap_or(0.0),
-        plan.backlog,
-        backlog["queue_seconds"].as_f64().unwrap_or(0.0)
-    ));
-    results.insert("backlog".into(), backlog);
+    if wants("backlog") {
+        let backlog = backlog(plan.backlog).context("backlog")?;
+        rows.push(format!(
+            "{:<28}{:>14.0} msgs/s drain ({} msgs queued in {:.2}s)",
+            "backlog drain 64 B",
+            backlog["drain_msgs_per_s"].as_f64().unwrap_or(0.0),
+            plan.backlog,
+            backlog["queue_seconds"].as_f64().unwrap_or(0.0)
+        ));
+        results.insert("backlog".into(), backlog);
+    }
 
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -205,6 +222,12 @@ fn print_rss(doc: &Value) {
         idle as f64 / 1048576.0,
         peak as f64 / 1048576.0
     );
+}
+
+/// The `p` quantile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -349,12 +372,7 @@ fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
     let skip = lat.len() / 20;
     let mut lat: Vec<f64> = lat.drain(skip..).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok((pct(0.5), pct(0.99), pct(0.999), lat.len()))
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999), lat.len()))
 }
 
 /// Queue `n` 64-byte messages on a while b is down, start b, time the drain.
@@ -374,8 +392,13 @@ fn backlog(n: u64) -> Result<Value> {
     }
     let queue_seconds = t.elapsed().as_secs_f64();
     let a_queued = pair.a.rss();
-    let start = Instant::now();
+    // "Once b returns": from the moment b answers on its control socket
+    // (its journal is open, its listener up); the process start before
+    // that is not the link's doing.
+    let spawned = Instant::now();
     pair.b.spawn()?;
+    let start = Instant::now();
+    let startup = (start - spawned).as_secs_f64();
     let deadline = start + Duration::from_secs(600);
     while pair.b.inbox_next()? <= n {
         if Instant::now() > deadline {
@@ -387,7 +410,7 @@ fn backlog(n: u64) -> Result<Value> {
     let peak = (pair.a.rss(), pair.b.rss());
     Ok(json!({
         "messages": n, "queue_seconds": queue_seconds, "drain_seconds": drain,
-        "drain_msgs_per_s": n as f64 / drain,
+        "drain_msgs_per_s": n as f64 / drain, "b_startup_seconds": startup,
         "a_rss_with_backlog": a_queued.map(|r| r.0),
         "peak_max": peak.0.map(|r| r.1).max(peak.1.map(|r| r.1)),
     }))
