@@ -33,8 +33,14 @@ use crate::status::PeerBoard;
 use crate::transport::Ws;
 use crate::wire::{BATCH_TARGET, CLOSE_DUPLICATE, FRAME_OVERHEAD, PeerFrame, Record};
 
-/// Unacknowledged bytes a sender may have in flight.
-const WINDOW_BYTES: u64 = 16 << 20;
+/// Unacknowledged bytes a sender may have in flight, counted as what the
+/// records cost in the receiver's memory while they wait for its journal
+/// ([`memory_cost`]), not only their bodies: with 64-byte messages the
+/// bookkeeping is as large as the data.
+const WINDOW_BYTES: u64 = 8 << 20;
+/// What one record costs in memory beyond its body (the record and its
+/// body's allocation), for [`memory_cost`].
+const RECORD_MEMORY: u64 = 64;
 /// Unacknowledged batches a sender may have in flight.
 const WINDOW_BATCHES: usize = 256;
 /// Bytes of received records that may wait for the journal at once: twice
@@ -139,9 +145,8 @@ impl Session {
                         }
                         // (The journal counts what it stores, duplicates
                         // dropped.)
-                        let b: u64 = records.iter().map(|r| r.body.len() as u64).sum();
                         // Within PENDING_BYTES, so a u32 always holds it.
-                        let cost = b.min(PENDING_BYTES) as u32;
+                        let cost = memory_cost(&records).min(PENDING_BYTES) as u32;
                         let permit = budget
                             .clone()
                             .acquire_many_owned(cost)
@@ -208,7 +213,7 @@ impl Session {
         let my_epoch = self.journal.epoch();
         let batch_bytes = BATCH_TARGET.min(peer_max_frame - FRAME_OVERHEAD);
         let mut next = start;
-        // (last seq of a batch, its bytes) for every unacknowledged batch.
+        // (last seq of a batch, its memory cost) for every unacknowledged batch.
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
         loop {
@@ -237,6 +242,7 @@ impl Session {
                     .map_err(|e| e.to_string())?;
                 if let Some(last) = records.last().map(|r| r.seq) {
                     let bytes = body_bytes(&records);
+                    let cost = memory_cost(&records);
                     let n = records.len() as u64;
                     next = last + 1;
                     send(
@@ -247,8 +253,8 @@ impl Session {
                         },
                     )
                     .await?;
-                    in_flight.push_back((last, bytes));
-                    in_flight_bytes += bytes;
+                    in_flight.push_back((last, cost));
+                    in_flight_bytes += cost;
                     self.journal.count_sent(&self.peer, n, bytes);
                     continue;
                 }
@@ -312,6 +318,14 @@ async fn send(sink: &mut SplitSink<Ws, Message>, frame: &PeerFrame) -> Result<()
     sink.send(Message::Binary(bytes.into()))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Bytes of memory `records` hold while they wait to be stored.
+fn memory_cost(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| r.body.len() as u64 + RECORD_MEMORY)
+        .sum()
 }
 
 fn body_bytes(records: &[Record]) -> u64 {
