@@ -73,13 +73,8 @@ where
     T: Serialize,
     W: AsyncWrite + Unpin,
 {
-    let limit = writer.encoder().max_frame_length();
-    let bytes = codec::encode(value)?;
-    if bytes.len() > limit {
-        return Err(FrameError::TooLarge { limit });
-    }
-    writer.send(bytes::Bytes::from(bytes)).await?;
-    Ok(())
+    feed(writer, value).await?;
+    flush(writer).await
 }
 
 /// Queue one value without flushing (pair with [`flush`] for batching).
