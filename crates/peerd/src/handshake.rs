@@ -7,6 +7,7 @@
 //! directions are bounded by the caller's handshake timeout.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peerlink::control::Direction;
@@ -264,7 +265,20 @@ async fn close(ws: &mut Ws, code: u16, reason: &str) {
         code: CloseCode::from(code),
         reason: reason.to_string().into(),
     };
-    let _ = ws.close(Some(frame)).await;
+    if ws.close(Some(frame)).await.is_err() {
+        return;
+    }
+    // Wait (briefly) for the answer: dropping the socket with unread data
+    // resets the connection, and the other side would see a reset instead
+    // of our reason.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Close a connection we refuse, telling the other side why.

@@ -48,6 +48,9 @@ const WINDOW_BATCHES: usize = 256;
 /// here (and then it is slowed down instead of filling our memory).
 const PENDING_BYTES: u64 = 2 * WINDOW_BYTES;
 
+/// How long a session that sent its close frame waits for the answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Why the link task closes a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -100,13 +103,25 @@ impl Session {
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
         let duplicate = AtomicBool::new(false);
-        let result = tokio::select! {
-            r = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx, &duplicate) => r,
-            r = acks(pending_rx, ack_out_tx) => r,
-            r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => r,
+        let receive = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx, &duplicate);
+        tokio::pin!(receive);
+        let why = tokio::select! {
+            r = &mut receive => r.err().unwrap_or_else(|| "connection closed".into()),
+            r = acks(pending_rx, ack_out_tx) => r.err().unwrap_or_else(|| "closed".into()),
+            r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => match r {
+                Ok(why) => {
+                    // We sent the close frame: read until the peer answers
+                    // it, so our socket is not dropped with unread data
+                    // (which resets the connection, and the peer would
+                    // see a reset instead of our reason).
+                    let _ = tokio::time::timeout(CLOSE_WAIT, &mut receive).await;
+                    why
+                }
+                Err(e) => e,
+            },
         };
         Ended {
-            why: result.err().unwrap_or_else(|| "closed".to_string()),
+            why,
             duplicate: duplicate.load(Ordering::Relaxed),
         }
     }
@@ -206,7 +221,7 @@ impl Session {
         mut ack_out: watch::Receiver<u64>,
         mut acked: watch::Receiver<u64>,
         mut close: oneshot::Receiver<CloseReason>,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let mut outbox = self.journal.watch_outbox();
         let mut ping = tokio::time::interval(self.cfg.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,10 +295,11 @@ impl Session {
 
 /// Send the close frame for `reason` (bounded: the peer may be stuck) and
 /// end the session with it.
+/// Send the close frame for `reason`; `Ok` with why, to end the session.
 async fn close_session(
     sink: &mut SplitSink<Ws, Message>,
     reason: CloseReason,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let (code, why) = match reason {
         CloseReason::Duplicate => (CLOSE_DUPLICATE, "duplicate link"),
         CloseReason::GoingAway => (1001, "going away"),
@@ -297,7 +313,7 @@ async fn close_session(
         sink.send(Message::Close(Some(frame))),
     )
     .await;
-    Err(format!("closed: {why}"))
+    Ok(format!("closed: {why}"))
 }
 
 /// Wait for each inbox write in order and publish the ack it earns.
