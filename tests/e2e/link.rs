@@ -217,3 +217,45 @@ fn link_comes_back_after_the_peer_restarts() {
     });
     drop(b);
 }
+
+#[test]
+fn with_two_peers_every_message_reaches_both_and_waits_for_the_slower() {
+    let sb = peerlink_e2e::Sandbox::new();
+    let (pa, pb, pc) = (
+        peerlink_e2e::free_port(),
+        peerlink_e2e::free_port(),
+        peerlink_e2e::free_port(),
+    );
+    let cfg = peerlink_e2e::Sandbox::config;
+    let a = sb.spec("a", &cfg("a", pa, &[("b", pb), ("c", pc)], ""));
+    let b = sb.spec("b", &cfg("b", pb, &[("a", pa)], ""));
+    let c = sb.spec("c", &cfg("c", pc, &[("a", pa)], ""));
+    let (da, db) = (Daemon::start(&a), Daemon::start(&b));
+    da.wait_connected("b");
+    // c is down: b gets everything, and a keeps it queued for c.
+    da.send(&["one", "two"]);
+    db.wait(LONG, "b receives both", |b| b.bodies() == ["one", "two"]);
+    da.wait(LONG, "acked by b", |a| a.peer("b")["queued_msgs"] == 0);
+    assert_eq!(da.peer("c")["queued_msgs"], 2, "still queued for c");
+    let status = a.ctl(&["status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(peerlink_e2e::EXIT_DOWN),
+        "one link down"
+    );
+    // c comes up: it gets the same messages, in order, once.
+    let dc = Daemon::start(&c);
+    dc.wait(LONG, "c receives the queued messages", |c| {
+        c.bodies() == ["one", "two"]
+    });
+    da.send(&["three"]);
+    for d in [&db, &dc] {
+        d.wait(LONG, "the new message reaches both", |d| {
+            d.bodies() == ["one", "two", "three"]
+        });
+    }
+    da.wait(LONG, "nothing queued for either", |a| {
+        a.peer("b")["queued_msgs"] == 0 && a.peer("c")["queued_msgs"] == 0
+    });
+    assert!(a.ctl(&["status"]).status.success(), "all links up: exit 0");
+}
