@@ -46,7 +46,7 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
                 eprintln!(
                     "peerctl: messages {from}..{} are no longer in the inbox (trimmed by inbox_retention); \
                      continuing at {resume_at}",
-                    resume_at - 1
+                    resume_at.saturating_sub(1)
                 );
             }
             Response::CaughtUp { .. } if !args.follow => return Ok(()),
