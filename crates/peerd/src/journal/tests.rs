@@ -1,6 +1,9 @@
 //! Journal behaviour through its public handle: numbering, acks, limits,
 //! duplicates and epochs, retention, and reopening after every kind of
 //! write, cleanly or as a crash would leave the files.
+//!
+//! Test code only: `journal.rs` includes this file as `#[cfg(test)] mod
+//! tests;`, so its `unwrap`s never reach the daemon.
 
 use std::path::Path;
 
