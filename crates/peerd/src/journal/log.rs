@@ -328,6 +328,20 @@ pub struct Appender {
 }
 
 impl Appender {
+    /// What readers learn about the active segment when `len` bytes and
+    /// `count` records of it are durable, with the marks added since.
+    fn update(&mut self, len: u64, count: u64) -> SegUpdate {
+        SegUpdate {
+            base: self.active.base,
+            file: self.active.file.clone(),
+            path: self.active.path.clone(),
+            len,
+            count,
+            pos: self.active.pos,
+            marks: std::mem::take(&mut self.marks),
+        }
+    }
+
     /// The seq the next appended record gets.
     pub fn next(&self) -> u64 {
         self.active.base + self.active.count + self.buf_count
@@ -385,15 +399,8 @@ impl Appender {
         let base = self.next();
         let len = self.active.len + self.buf.len() as u64;
         let count = self.active.count + self.buf_count;
-        self.sealed.push(SegUpdate {
-            base: self.active.base,
-            file: self.active.file.clone(),
-            path: self.active.path.clone(),
-            len,
-            count,
-            pos: self.active.pos,
-            marks: std::mem::take(&mut self.marks),
-        });
+        let sealed = self.update(len, count);
+        self.sealed.push(sealed);
         let path = segment_path(&self.dir, base);
         let file = OpenOptions::new()
             .read(true)
@@ -453,15 +460,7 @@ impl Appender {
         }
         self.active.new = false;
         let mut updates = std::mem::take(&mut self.sealed);
-        updates.push(SegUpdate {
-            base: self.active.base,
-            file: self.active.file.clone(),
-            path: self.active.path.clone(),
-            len: self.active.len,
-            count: self.active.count,
-            pos: self.active.pos,
-            marks: std::mem::take(&mut self.marks),
-        });
+        updates.push(self.update(self.active.len, self.active.count));
         self.buf.clear();
         self.buf_count = 0;
         self.pending_bytes = 0;
