@@ -385,26 +385,15 @@ mod tests {
                 inbox_first: 1,
             },
             peers: vec![PeerStatus {
-                name: "b".into(),
-                url: "ws://127.0.0.1:8081/ws".into(),
                 state: LinkState::Backoff,
-                direction: None,
-                remote_addr: None,
-                local_addr: None,
-                connected_since_ms: None,
-                last_handshake_ms: None,
-                rtt_us: None,
-                next_attempt_ms: None,
                 msgs_sent: 1,
                 bytes_sent: 1536,
-                msgs_received: 0,
-                bytes_received: 0,
                 queued_msgs: 2,
                 queued_bytes: 10,
                 oldest_queued_ms: Some(1_000),
-                reconnects: 0,
                 last_error: Some("connection refused".into()),
                 last_error_ms: Some(1_000 + 3_722_000),
+                ..PeerStatus::new("b", "ws://127.0.0.1:8081/ws")
             }],
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use peerlink::control::{LinkState, PeerStatus};
+use peerlink::control::PeerStatus;
 
 /// The status record of one peer link.
 #[derive(Clone)]
@@ -12,28 +12,7 @@ pub struct PeerBoard(Arc<Mutex<PeerStatus>>);
 
 impl PeerBoard {
     pub fn new(name: &str, url: &str) -> Self {
-        PeerBoard(Arc::new(Mutex::new(PeerStatus {
-            name: name.to_string(),
-            url: url.to_string(),
-            state: LinkState::Connecting,
-            direction: None,
-            remote_addr: None,
-            local_addr: None,
-            connected_since_ms: None,
-            last_handshake_ms: None,
-            rtt_us: None,
-            next_attempt_ms: None,
-            msgs_sent: 0,
-            bytes_sent: 0,
-            msgs_received: 0,
-            bytes_received: 0,
-            queued_msgs: 0,
-            queued_bytes: 0,
-            oldest_queued_ms: None,
-            reconnects: 0,
-            last_error: None,
-            last_error_ms: None,
-        })))
+        PeerBoard(Arc::new(Mutex::new(PeerStatus::new(name, url))))
     }
 
     /// Change the record (a poisoned lock is taken over: see journal.rs).

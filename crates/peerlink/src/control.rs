@@ -213,6 +213,34 @@ pub struct PeerStatus {
     pub last_error_ms: Option<u64>,
 }
 
+impl PeerStatus {
+    /// A link to `name` at `url` that has not connected yet.
+    pub fn new(name: &str, url: &str) -> Self {
+        PeerStatus {
+            name: name.to_string(),
+            url: url.to_string(),
+            state: LinkState::Connecting,
+            direction: None,
+            remote_addr: None,
+            local_addr: None,
+            connected_since_ms: None,
+            last_handshake_ms: None,
+            rtt_us: None,
+            next_attempt_ms: None,
+            msgs_sent: 0,
+            bytes_sent: 0,
+            msgs_received: 0,
+            bytes_received: 0,
+            queued_msgs: 0,
+            queued_bytes: 0,
+            oldest_queued_ms: None,
+            reconnects: 0,
+            last_error: None,
+            last_error_ms: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
