@@ -13,13 +13,7 @@ const LONG: Duration = Duration::from_secs(20);
 /// returns when the parent exits.
 fn daemonize(spec: &Spec, extra: &[&str]) -> Output {
     Command::new(peerd_bin())
-        .arg(&spec.name)
-        .arg("--config")
-        .arg(&spec.config)
-        .arg("--socket")
-        .arg(&spec.socket)
-        .arg("--state-dir")
-        .arg(&spec.state)
+        .args(spec.args())
         .arg("--daemon")
         .args(extra)
         .env_remove("NOTIFY_SOCKET")

@@ -212,6 +212,20 @@ pub struct Daemon {
 }
 
 impl Spec {
+    /// `NAME --config FILE --socket PATH --state-dir DIR`: how every test
+    /// starts this daemon.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            self.name.clone().into(),
+            "--config".into(),
+            self.config.clone().into(),
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--state-dir".into(),
+            self.state.clone().into(),
+        ]
+    }
+
     /// `peerctl` pointed at this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl_cmd(&self.socket)
@@ -272,13 +286,7 @@ impl Daemon {
             .open(&spec.log)
             .expect("open log");
         let mut c = Command::new(peerd_bin());
-        c.arg(&spec.name)
-            .arg("--config")
-            .arg(&spec.config)
-            .arg("--socket")
-            .arg(&spec.socket)
-            .arg("--state-dir")
-            .arg(&spec.state)
+        c.args(spec.args())
             .args(extra)
             .env("PEERD_LOG", "info,peerd=debug")
             .stdin(Stdio::null())
