@@ -346,16 +346,13 @@ impl Journal {
         let Some(span) = span else {
             return Ok(Vec::new());
         };
-        let recs = span
-            .read(from, usize::MAX, max_bytes)
-            .map_err(|e| JournalError::storage("reading the outbox", e))?;
-        recs.into_iter()
-            .map(|r| {
-                records::get_outbox(r.seq, &r.data).ok_or_else(|| {
-                    JournalError::Storage(format!("outbox record {} is undecodable", r.seq))
-                })
-            })
-            .collect()
+        span.read_map(from, usize::MAX, max_bytes, |seq, _, data| {
+            records::get_outbox(seq, data)
+                .ok_or_else(|| JournalError::Storage(format!("outbox record {seq} is undecodable")))
+        })
+        .map_err(|e| JournalError::storage("reading the outbox", e))?
+        .into_iter()
+        .collect()
     }
 
     /// What the journal knows about `peer`.
@@ -424,16 +421,14 @@ impl Journal {
                 entries: Vec::new(),
             });
         };
-        let recs = span
-            .read(from.max(first), max_count, max_bytes)
-            .map_err(|e| JournalError::storage("reading the inbox", e))?;
-        let entries = recs
-            .into_iter()
-            .map(|r| {
-                records::get_inbox(r.seq, &r.data).ok_or_else(|| {
-                    JournalError::Storage(format!("inbox record {} is undecodable", r.seq))
+        let entries = span
+            .read_map(from.max(first), max_count, max_bytes, |seq, _, data| {
+                records::get_inbox(seq, data).ok_or_else(|| {
+                    JournalError::Storage(format!("inbox record {seq} is undecodable"))
                 })
             })
+            .map_err(|e| JournalError::storage("reading the inbox", e))?
+            .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         Ok(InboxRead { first, entries })
     }

@@ -217,6 +217,23 @@ impl Span {
     /// Records from `from` on (at least one if there is one), at most
     /// `max_count` and, past the first, about `max_bytes` of payload.
     pub fn read(&self, from: u64, max_count: usize, max_bytes: u64) -> io::Result<Vec<Rec>> {
+        self.read_map(from, max_count, max_bytes, |seq, pos, data| Rec {
+            seq,
+            pos,
+            data: data.to_vec(),
+        })
+    }
+
+    /// [`Span::read`], turning each record into a `T` straight from the
+    /// read buffer (`seq`, position, payload after the seq): a caller that
+    /// decodes records copies each body once, not twice.
+    pub fn read_map<T>(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: u64,
+        mut map: impl FnMut(u64, u64, &[u8]) -> T,
+    ) -> io::Result<Vec<T>> {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let chunk = max_bytes.saturating_add(MARK_BYTES * 2).min(CHUNK * 4);
@@ -237,11 +254,7 @@ impl Span {
                     return false;
                 }
                 bytes += data.len() as u64;
-                out.push(Rec {
-                    seq,
-                    pos,
-                    data: data.to_vec(),
-                });
+                out.push(map(seq, pos, data));
                 true
             },
         )?;
