@@ -9,6 +9,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_DOWN: u8 = 4;
+/// `status`: messages were lost since the daemon started (README "Durability").
+pub const EXIT_LOST: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {

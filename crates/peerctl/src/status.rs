@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::cli::StatusArgs;
 use crate::client::{Client, Target};
-use crate::error::{CtlError, EXIT_DOWN, EXIT_OK};
+use crate::error::{CtlError, EXIT_DOWN, EXIT_LOST, EXIT_OK};
 
 /// Bumped when a field of the JSON is renamed, removed or changes meaning.
 pub const JSON_SCHEMA: u32 = 1;
@@ -47,7 +47,20 @@ pub async fn run(target: &Target, args: StatusArgs) -> Result<u8, CtlError> {
         writeln!(out, "{}", render(&status))?;
         out.flush()?;
     }
-    Ok(if all_up(&status) { EXIT_OK } else { EXIT_DOWN })
+    Ok(exit_code(&status))
+}
+
+/// 0 when every link is up; [`EXIT_LOST`] when messages were lost since
+/// the daemon started (whatever the links do: that is the louder news);
+/// else [`EXIT_DOWN`].
+pub fn exit_code(s: &Status) -> u8 {
+    if s.peers.iter().any(|p| p.msgs_lost_since_start > 0) {
+        EXIT_LOST
+    } else if all_up(s) {
+        EXIT_OK
+    } else {
+        EXIT_DOWN
+    }
 }
 
 fn all_up(s: &Status) -> bool {
@@ -82,6 +95,10 @@ pub struct JournalJson {
     pub outbox_next: u64,
     pub inbox_first: u64,
     pub inbox_next: u64,
+    /// Why the last journal write failed (disk full, I/O error), while it
+    /// keeps failing; `null` when writes work.
+    pub storage_error: Option<String>,
+    pub storage_error_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -119,6 +136,10 @@ pub struct PeerJson {
     pub queued_bytes: u64,
     pub oldest_queued_ms: Option<u64>,
     pub reconnects: u64,
+    /// Messages known lost between us and this peer, either way (kept in
+    /// the journal), and since this daemon started (exit status 5).
+    pub msgs_lost: u64,
+    pub msgs_lost_since_start: u64,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -144,6 +165,8 @@ impl From<&Status> for StatusJson {
                 outbox_next: s.journal.outbox_next,
                 inbox_first: s.journal.inbox_first,
                 inbox_next: s.journal.inbox_next,
+                storage_error: s.journal.storage_error.clone(),
+                storage_error_ms: s.journal.storage_error_ms,
             },
             peers: s.peers.iter().map(PeerJson::from).collect(),
         }
@@ -178,6 +201,8 @@ impl From<&PeerStatus> for PeerJson {
             queued_bytes: p.queued_bytes,
             oldest_queued_ms: p.oldest_queued_ms,
             reconnects: p.reconnects,
+            msgs_lost: p.msgs_lost,
+            msgs_lost_since_start: p.msgs_lost_since_start,
             last_error: p.last_error.clone(),
             last_error_ms: p.last_error_ms,
         }
@@ -273,6 +298,14 @@ pub fn render(s: &Status) -> String {
             s.journal.epoch, s.journal.outbox_next
         ),
     );
+    if let Some(e) = &s.journal.storage_error {
+        let when = s
+            .journal
+            .storage_error_ms
+            .map(|t| format!(" (since {})", ago(now, t)))
+            .unwrap_or_default();
+        daemon.add("storage", format!("{BAD}cannot write: {e}{BAD:#}{when}"));
+    }
     let peers: Vec<(String, Block)> = s.peers.iter().map(|p| peer_block(p, now)).collect();
     let width = std::iter::once(&daemon)
         .chain(peers.iter().map(|(_, b)| b))
@@ -351,6 +384,16 @@ fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
         ),
     );
     b.add("reconnects", p.reconnects.to_string());
+    if p.msgs_lost > 0 {
+        b.add(
+            "lost",
+            format!(
+                "{BAD}{} known lost{BAD:#} ({} since peerd started; see the log)",
+                count(p.msgs_lost, "msg", "msgs"),
+                p.msgs_lost_since_start
+            ),
+        );
+    }
     if let Some(e) = &p.last_error {
         let when = p
             .last_error_ms
@@ -383,6 +426,8 @@ mod tests {
                 outbox_next: 3,
                 inbox_next: 1,
                 inbox_first: 1,
+                storage_error: None,
+                storage_error_ms: None,
             },
             peers: vec![PeerStatus {
                 state: LinkState::Backoff,

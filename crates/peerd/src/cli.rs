@@ -46,6 +46,32 @@ pub enum Command {
         /// Instance name.
         instance: String,
     },
+    /// Check or repair the journal of a stopped instance (README "Durability").
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Read every record of both logs and report damage, and what a repair
+    /// would drop; changes nothing. Exit 0 when peerd can start on it.
+    Verify {
+        /// Instance name.
+        instance: String,
+        /// State directory [default: as `peerd <instance>` would use].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Drop damaged records (each replaced by a tombstone, so no sequence
+    /// number is reused; peers are told what they will never get) and cut
+    /// torn tails; prints exactly which records it dropped.
+    Repair {
+        /// Instance name.
+        instance: String,
+        /// State directory [default: as `peerd <instance>` would use].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

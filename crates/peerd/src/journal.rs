@@ -39,6 +39,7 @@
 
 mod log;
 mod records;
+pub mod repair;
 mod state;
 mod writer;
 
@@ -76,6 +77,13 @@ pub enum JournalError {
     Closed,
     #[error("journal storage: {0}")]
     Storage(String),
+    /// Opening found damage that is not a torn write.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Records from a peer that do not follow what is stored: never stored
+    /// (an earlier write failed; the peer resends from what we have).
+    #[error("records from the peer skip ahead: expected seq {expected}, got {got}; not stored")]
+    Gap { expected: u64, got: u64 },
 }
 
 impl JournalError {
@@ -134,6 +142,10 @@ struct State {
     inbox_first_pos: u64,
     /// Every peer has acked everything below this.
     floor: u64,
+    /// The last write that failed (and when), until a write succeeds.
+    storage_error: Option<(String, u64)>,
+    /// Per peer: our records below this were reported lost to it.
+    lost_told: HashMap<String, u64>,
     /// Its position in the outbox's byte stream.
     floor_pos: u64,
     peers: HashMap<String, PeerState>,
@@ -164,6 +176,8 @@ pub struct Counters {
     /// duplicates not counted.
     pub msgs_received: u64,
     pub bytes_received: u64,
+    /// Messages known lost between us and the peer, either way.
+    pub msgs_lost: u64,
 }
 
 enum Write {
@@ -182,6 +196,14 @@ enum Write {
         body: Vec<u8>,
         reply: oneshot::Sender<Result<u64, JournalError>>,
     },
+    /// Peer `origin` says its records `from..next` of `epoch` are gone.
+    Lost {
+        origin: String,
+        epoch: u64,
+        from: u64,
+        next: u64,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
     /// Apply retention, delete what is trimmed, write the state file.
     Checkpoint {
         reply: oneshot::Sender<Result<(), JournalError>>,
@@ -195,7 +217,19 @@ enum Write {
 pub struct InboxRead {
     /// The oldest inbox sequence number still kept.
     pub first: u64,
+    /// Where to read next: past every record looked at, messages or not
+    /// (loss notices and tombstones are skipped, not returned).
+    pub next: u64,
     pub entries: Vec<Entry>,
+}
+
+/// What [`Journal::read_outbox`] found: records to send, or a run of
+/// tombstones (records `from..next` lost to disk damage and dropped by
+/// `peerd journal repair`) to report to the peer instead.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OutboxRead {
+    pub records: Vec<Record>,
+    pub lost: Option<(u64, u64)>,
 }
 
 impl Journal {
@@ -276,6 +310,27 @@ impl Journal {
         self.submit(write, rx).await
     }
 
+    /// Record that peer `origin`'s records `from..next` of `epoch` are
+    /// gone (it said so): moves "next expected" past them in one durable
+    /// write and counts them lost. Resolves to the ack to send.
+    pub fn append_lost(
+        &self,
+        origin: String,
+        epoch: u64,
+        from: u64,
+        next: u64,
+    ) -> impl Future<Output = Result<u64, JournalError>> + use<> {
+        let (reply, rx) = oneshot::channel();
+        let write = Write::Lost {
+            origin,
+            epoch,
+            from,
+            next,
+            reply,
+        };
+        self.submit(write, rx)
+    }
+
     /// Apply retention, delete segments nobody needs and write the state
     /// file now (the writer also does this every second).
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
@@ -337,22 +392,52 @@ impl Journal {
     }
 
     /// Outbox records from `from` on, at most about `max_bytes` (always at
-    /// least one if there is one).
-    pub fn read_outbox(&self, from: u64, max_bytes: u64) -> Result<Vec<Record>, JournalError> {
+    /// least one if there is one); or, where a run of tombstones starts at
+    /// `from`, that run.
+    pub fn read_outbox(&self, from: u64, max_bytes: u64) -> Result<OutboxRead, JournalError> {
         let span = {
             let st = self.lock();
             st.outbox.span(from.max(st.outbox.first()))
         };
         let Some(span) = span else {
-            return Ok(Vec::new());
+            return Ok(OutboxRead::default());
         };
-        span.read_map(from, usize::MAX, max_bytes, |seq, _, data| {
-            records::get_outbox(seq, data)
-                .ok_or_else(|| JournalError::Storage(format!("outbox record {seq} is undecodable")))
-        })
-        .map_err(|e| JournalError::storage("reading the outbox", e))?
-        .into_iter()
-        .collect()
+        let items = span
+            .read_map(from, usize::MAX, max_bytes, |seq, _, data| {
+                if log::is_tombstone(data) {
+                    return Ok(None);
+                }
+                records::get_outbox(seq, data).map(Some).ok_or_else(|| {
+                    JournalError::Storage(format!("outbox record {seq} is undecodable"))
+                })
+            })
+            .map_err(|e| JournalError::storage("reading the outbox", e))?;
+        let mut read = OutboxRead::default();
+        for (seq, item) in (from..).zip(items) {
+            match (item?, read.lost.as_mut()) {
+                (Some(r), None) => read.records.push(r),
+                (Some(_), Some(_)) => break,
+                (None, None) if read.records.is_empty() => read.lost = Some((seq, seq + 1)),
+                (None, None) => break,
+                (None, Some(run)) => run.1 = seq + 1,
+            }
+        }
+        Ok(read)
+    }
+
+    /// Our records `from..next` will never reach `peer` (we are telling
+    /// it so): count those not counted yet (two sessions of a collision
+    /// both tell it). Returns how many were new.
+    pub fn count_lost(&self, peer: &str, from: u64, next: u64) -> u64 {
+        let mut st = self.lock();
+        let told = st.lost_told.entry(peer.to_string()).or_default();
+        let new = next.saturating_sub(from.max(*told));
+        *told = (*told).max(next);
+        if new > 0 {
+            st.counters.entry(peer.to_string()).or_default().msgs_lost += new;
+            st.dirty = true;
+        }
+        new
     }
 
     /// What the journal knows about `peer`.
@@ -415,22 +500,35 @@ impl Journal {
             let first = st.inbox_first;
             (first, st.inbox.span(from.max(first)))
         };
+        let from = from.max(first);
         let Some(span) = span else {
             return Ok(InboxRead {
                 first,
+                next: from,
                 entries: Vec::new(),
             });
         };
-        let entries = span
-            .read_map(from.max(first), max_count, max_bytes, |seq, _, data| {
-                records::get_inbox(seq, data).ok_or_else(|| {
-                    JournalError::Storage(format!("inbox record {seq} is undecodable"))
-                })
+        let mut next = from;
+        let mut entries = Vec::new();
+        let items = span
+            .read_map(from, max_count, max_bytes, |seq, _, data| {
+                records::get_inbox(seq, data)
+                    .map(|e| (seq, e))
+                    .ok_or_else(|| {
+                        JournalError::Storage(format!("inbox record {seq} is undecodable"))
+                    })
             })
-            .map_err(|e| JournalError::storage("reading the inbox", e))?
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(InboxRead { first, entries })
+            .map_err(|e| JournalError::storage("reading the inbox", e))?;
+        for item in items {
+            let (seq, entry) = item?;
+            next = seq + 1;
+            entries.extend(entry);
+        }
+        Ok(InboxRead {
+            first,
+            next,
+            entries,
+        })
     }
 
     /// Watch the next outbox sequence number.
@@ -456,6 +554,8 @@ impl Journal {
             outbox_next: st.outbox.next(),
             inbox_next: st.inbox.next(),
             inbox_first: st.inbox_first,
+            storage_error: st.storage_error.clone().map(|(e, _)| e),
+            storage_error_ms: st.storage_error.as_ref().map(|(_, t)| *t),
         }
     }
 }

@@ -87,7 +87,6 @@ impl Link {
                     dialling = false;
                     match result {
                         Ok(est) => {
-                            last_warned = None;
                             self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx)
                         }
                         Err(e) => {
@@ -106,6 +105,7 @@ impl Link {
                         let Some(l) = live.take() else { continue };
                         if l.since.elapsed() >= self.cfg.dead_after {
                             backoff.reset();
+                            last_warned = None;
                         }
                         if ended.duplicate {
                             // The peer kept the other session of a
@@ -117,7 +117,14 @@ impl Link {
                             self.board.update(|s| s.state = LinkState::Connecting);
                             next_dial = Instant::now() + delay;
                         } else {
-                            tracing::warn!(peer = %self.peer.name, "link down: {}", ended.why);
+                            // Once per kind of failure: a peer whose disk is
+                            // full ends every session the same way.
+                            if last_warned.as_deref() != Some(ended.why.as_str()) {
+                                tracing::warn!(peer = %self.peer.name, "link down: {} (retrying with backoff)", ended.why);
+                                last_warned = Some(ended.why.clone());
+                            } else {
+                                tracing::debug!(peer = %self.peer.name, "link down again: {}", ended.why);
+                            }
                             after_collision = false;
                             next_dial = self.schedule(&mut backoff, &ended.why);
                         }

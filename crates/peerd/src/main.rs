@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use peerd::cli::{Cli, Command};
+use peerd::cli::{Cli, Command, JournalCommand};
 use peerd::config::Config;
 use peerd::daemon::{self, Paths};
 use peerd::service::detach::{self, Readiness, Side};
@@ -45,6 +45,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         peerd::tls::Tls::load(&cfg)?;
         print!("{}", cfg.render());
         return Ok(());
+    }
+    if let Some(Command::Journal(cmd)) = &cli.command {
+        return journal(cmd);
     }
     let Some(instance) = cli.instance.as_deref() else {
         anyhow::bail!("which instance? e.g. `peerd a` (see `peerd --help`)");
@@ -100,6 +103,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         d.finish(&result);
     }
     result
+}
+
+/// `peerd journal verify|repair`.
+fn journal(cmd: &JournalCommand) -> anyhow::Result<()> {
+    let (JournalCommand::Verify {
+        instance,
+        state_dir,
+    }
+    | JournalCommand::Repair {
+        instance,
+        state_dir,
+    }) = cmd;
+    let dir = paths::state_dir(instance, state_dir.as_deref(), &Env::current())
+        .ok_or_else(|| anyhow::anyhow!("no state directory: set --state-dir or $HOME"))?
+        .join("journal");
+    match cmd {
+        JournalCommand::Verify { .. } => {
+            let report = peerd::journal::repair::verify(&dir)?;
+            print!("{}", report.render(false));
+            if !report.is_clean() {
+                anyhow::bail!(
+                    "the journal in {} is damaged; `peerd journal repair {instance}` drops what \
+                     is listed above",
+                    dir.display()
+                );
+            }
+            println!("peerd can start on this journal");
+        }
+        JournalCommand::Repair { .. } => {
+            let report = peerd::journal::repair::repair(&dir)?;
+            print!("{}", report.render(true));
+            if report.is_clean() {
+                println!("nothing to repair: no damaged records");
+            } else {
+                println!(
+                    "repaired; peerd can start on this journal (peers are told about the dropped \
+                     outbox records when they connect)"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the detached daemon keeps to report to its parent and clean up.

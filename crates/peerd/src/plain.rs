@@ -210,9 +210,9 @@ async fn outbound(
         };
         // Trimmed by retention before this client got to it: skip ahead.
         next = next.max(read.first);
-        if !read.entries.is_empty() {
+        if read.next > next {
+            next = read.next;
             for e in read.entries {
-                next = e.seq + 1;
                 if !cfg.peers.iter().any(|p| p.name == e.origin) {
                     continue; // a plain client's own, or another's: not echoed
                 }

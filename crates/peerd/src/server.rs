@@ -257,7 +257,9 @@ async fn send(
             kind: ErrorKind::ShuttingDown,
             message: e.to_string(),
         }],
-        Err(e @ JournalError::Storage(_)) => vec![Response::Error {
+        Err(
+            e @ (JournalError::Storage(_) | JournalError::Corrupt(_) | JournalError::Gap { .. }),
+        ) => vec![Response::Error {
             kind: ErrorKind::Internal,
             message: e.to_string(),
         }],
@@ -280,6 +282,7 @@ fn status(ctx: &Control) -> Status {
             s.bytes_sent = c.bytes_sent;
             s.msgs_received = c.msgs_received;
             s.bytes_received = c.bytes_received;
+            s.msgs_lost = c.msgs_lost;
             s
         })
         .collect();
@@ -344,11 +347,13 @@ async fn tail(
             }
             next = read.first;
         }
-        if let Some(last) = read.entries.last().map(|e| e.seq) {
-            next = last + 1;
-            if frame::send(&mut writer, &Response::Entries(read.entries))
-                .await
-                .is_err()
+        if read.next > next {
+            // (Loss notices and tombstones move `next` without entries.)
+            next = read.next;
+            if !read.entries.is_empty()
+                && frame::send(&mut writer, &Response::Entries(read.entries))
+                    .await
+                    .is_err()
             {
                 return;
             }

@@ -9,7 +9,9 @@
 //!   block on the sending side, so two nodes sending to each other at full
 //!   speed cannot deadlock.
 //! - **ack**: waits for each inbox write in order and publishes the
-//!   cumulative ack: an ack never goes out before the write is stored.
+//!   cumulative ack: an ack never goes out before the write is stored. A
+//!   write that fails (disk full, I/O error) ends the session with
+//!   [`CLOSE_STORAGE`] and the reason, so the peer backs off and shows it.
 //! - **send**: owns the socket's sending half; sends batches of outbox
 //!   records within a window of unacknowledged bytes, the latest ack,
 //!   pings, and the close frame.
@@ -31,7 +33,9 @@ use crate::handshake::Established;
 use crate::journal::{Journal, JournalError};
 use crate::status::PeerBoard;
 use crate::transport::Ws;
-use crate::wire::{BATCH_TARGET, CLOSE_DUPLICATE, FRAME_OVERHEAD, PeerFrame, Record};
+use crate::wire::{
+    BATCH_TARGET, CLOSE_DUPLICATE, CLOSE_STORAGE, FRAME_OVERHEAD, PeerFrame, Record,
+};
 
 /// Unacknowledged bytes a sender may have in flight, counted as what the
 /// records cost in the receiver's memory while they wait for its journal
@@ -52,12 +56,14 @@ const PENDING_BYTES: u64 = 2 * WINDOW_BYTES;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the link task closes a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// It lost the collision rule.
     Duplicate,
     /// The daemon is shutting down.
     GoingAway,
+    /// Our journal cannot store what the peer sends (why).
+    Storage(String),
 }
 
 /// How a session ended.
@@ -96,6 +102,11 @@ impl Session {
                 .acked_next
                 .max(self.journal.outbox_first())
         };
+        // The peer expects records our outbox no longer holds: its inbox
+        // went back in time (a restored backup) past what we kept after
+        // its acks. Say so, loudly and once, instead of skipping them.
+        let lost_first = (est.hello.expect_epoch == my_epoch && est.hello.expect_next < start)
+            .then_some(est.hello.expect_next);
         let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
         let (sink, stream) = est.ws.split();
         let budget = Arc::new(Semaphore::new(PENDING_BYTES as usize));
@@ -103,12 +114,23 @@ impl Session {
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
         let duplicate = AtomicBool::new(false);
+        let (failed_tx, failed_rx) = oneshot::channel();
         let receive = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx, &duplicate);
         tokio::pin!(receive);
+        let send = self.send(
+            sink,
+            (lost_first.unwrap_or(start), start),
+            peer_epoch,
+            peer_max_frame,
+            ack_out_rx,
+            acked_rx,
+            close,
+            failed_rx,
+        );
         let why = tokio::select! {
             r = &mut receive => r.err().unwrap_or_else(|| "connection closed".into()),
-            r = acks(pending_rx, ack_out_tx) => r.err().unwrap_or_else(|| "closed".into()),
-            r = self.send(sink, start, peer_epoch, peer_max_frame, ack_out_rx, acked_rx, close) => match r {
+            () = acks(pending_rx, ack_out_tx, failed_tx) => "closed".into(),
+            r = send => match r {
                 Ok(why) => {
                     // We sent the close frame: read until the peer answers
                     // it, so our socket is not dropped with unread data
@@ -148,6 +170,7 @@ impl Session {
                 Ok(Some(Err(e))) => return Err(e.to_string()),
                 Ok(Some(Ok(m))) => m,
             };
+            let mut lost = None;
             match msg {
                 Message::Binary(bytes) => match PeerFrame::decode(&bytes)
                     .map_err(|e| format!("bad frame from peer: {e}"))?
@@ -173,6 +196,21 @@ impl Session {
                             drop(permit);
                             stored
                         }));
+                    }
+                    PeerFrame::Lost { epoch, from, next } => {
+                        if epoch != peer_epoch || from >= next {
+                            return Err(format!(
+                                "bad Lost {from}..{next} of epoch {epoch} in a session of epoch \
+                                 {peer_epoch}"
+                            ));
+                        }
+                        if self.journal.peer(&self.peer).recv_next < next {
+                            lost = Some((from, next));
+                        }
+                        let write = self
+                            .journal
+                            .append_lost(self.peer.clone(), epoch, from, next);
+                        let _ = pending.send(Box::pin(write));
                     }
                     PeerFrame::Ack { epoch, next } => {
                         if epoch == self.journal.epoch() {
@@ -200,6 +238,9 @@ impl Session {
                     {
                         duplicate.store(true, Ordering::Relaxed);
                     }
+                    if let Some(f) = f.as_ref().filter(|f| u16::from(f.code) == CLOSE_STORAGE) {
+                        return Err(format!("paused: {}'s {}", self.peer, f.reason));
+                    }
                     let why = f
                         .map(|f| format!("{} {}", u16::from(f.code), f.reason))
                         .unwrap_or_default();
@@ -208,33 +249,57 @@ impl Session {
                 Message::Ping(_) | Message::Frame(_) => {}
                 Message::Text(_) => return Err("text frame in a peer session".into()),
             }
+            if let Some((from, next)) = lost {
+                self.board
+                    .update(|s| s.msgs_lost_since_start += next - from);
+                self.board.error(&format!(
+                    "{} says its messages {from}..{} are lost (its journal was repaired, or ours \
+                     went back in time)",
+                    self.peer,
+                    next - 1
+                ));
+            }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `start`: (where the peer expects us to start, where our outbox
+    /// does); they differ only when the records in between are lost.
     async fn send(
         &self,
         mut sink: SplitSink<Ws, Message>,
-        start: u64,
+        start: (u64, u64),
         peer_epoch: u64,
         peer_max_frame: u64,
         mut ack_out: watch::Receiver<u64>,
         mut acked: watch::Receiver<u64>,
         mut close: oneshot::Receiver<CloseReason>,
+        mut failed: oneshot::Receiver<String>,
     ) -> Result<String, String> {
         let mut outbox = self.journal.watch_outbox();
         let mut ping = tokio::time::interval(self.cfg.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let my_epoch = self.journal.epoch();
         let batch_bytes = BATCH_TARGET.min(peer_max_frame - FRAME_OVERHEAD);
-        let mut next = start;
         // (last seq of a batch, its memory cost) for every unacknowledged batch.
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
+        let mut next = start.1;
+        if start.0 < start.1 {
+            let why = "its inbox went back in time (restored from a backup?) past what we kept \
+                       after it had acknowledged them";
+            self.report_lost(&mut sink, my_epoch, (start.0, start.1), why)
+                .await?;
+            in_flight.push_back((start.1 - 1, RECORD_MEMORY));
+            in_flight_bytes += RECORD_MEMORY;
+        }
         loop {
             // A close request wins over more data: under a steady stream
             // the select below is rarely reached, and SIGTERM must still
             // close the link with "going away" at once.
+            if let Ok(why) = failed.try_recv() {
+                return close_session(&mut sink, CloseReason::Storage(why)).await;
+            }
             match close.try_recv() {
                 Ok(reason) => return close_session(&mut sink, reason).await,
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -251,10 +316,21 @@ impl Session {
             let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
             if window_open {
                 outbox.borrow_and_update();
-                let records = self
+                let read = self
                     .journal
                     .read_outbox(next, batch_bytes)
                     .map_err(|e| e.to_string())?;
+                if let Some((from, to)) = read.lost {
+                    // Tombstones: records `peerd journal repair` dropped.
+                    let why = "`peerd journal repair` dropped them from our outbox as damaged";
+                    self.report_lost(&mut sink, my_epoch, (from, to), why)
+                        .await?;
+                    next = to;
+                    in_flight.push_back((to - 1, RECORD_MEMORY));
+                    in_flight_bytes += RECORD_MEMORY;
+                    continue;
+                }
+                let records = read.records;
                 if let Some(last) = records.last().map(|r| r.seq) {
                     let bytes = body_bytes(&records);
                     let cost = memory_cost(&records);
@@ -278,6 +354,9 @@ impl Session {
                 reason = &mut close => {
                     return close_session(&mut sink, reason.unwrap_or(CloseReason::GoingAway)).await;
                 }
+                Ok(why) = &mut failed => {
+                    return close_session(&mut sink, CloseReason::Storage(why)).await;
+                }
                 Ok(()) = ack_out.changed() => {
                     let next = *ack_out.borrow_and_update();
                     send(&mut sink, &PeerFrame::Ack { epoch: peer_epoch, next }).await?;
@@ -293,40 +372,106 @@ impl Session {
     }
 }
 
-/// Send the close frame for `reason` (bounded: the peer may be stuck) and
-/// end the session with it.
-/// Send the close frame for `reason`; `Ok` with why, to end the session.
+impl Session {
+    /// Tell the peer our records `from..next` are gone (`why`), log it and
+    /// count it (once, whichever session tells it).
+    async fn report_lost(
+        &self,
+        sink: &mut SplitSink<Ws, Message>,
+        epoch: u64,
+        (from, next): (u64, u64),
+        why: &str,
+    ) -> Result<(), String> {
+        let n = self.journal.count_lost(&self.peer, from, next);
+        if n > 0 {
+            tracing::error!(
+                peer = %self.peer,
+                "{} expects our messages {from}..{}, which we no longer have: {why}. They are \
+                 lost to it ({n} messages); exactly-once delivery of them cannot be kept",
+                self.peer,
+                next - 1
+            );
+            self.board.update(|s| s.msgs_lost_since_start += n);
+            self.board.error(&format!(
+                "our messages {from}..{} are lost to {} (see the log)",
+                next - 1,
+                self.peer
+            ));
+        }
+        send(sink, &PeerFrame::Lost { epoch, from, next }).await
+    }
+}
+
+/// Send the close frame for `reason` (bounded: the peer may be stuck); `Ok`
+/// with why, to end the session.
 async fn close_session(
     sink: &mut SplitSink<Ws, Message>,
     reason: CloseReason,
 ) -> Result<String, String> {
     let (code, why) = match reason {
-        CloseReason::Duplicate => (CLOSE_DUPLICATE, "duplicate link"),
-        CloseReason::GoingAway => (1001, "going away"),
+        CloseReason::Duplicate => (CLOSE_DUPLICATE, "duplicate link".to_string()),
+        CloseReason::GoingAway => (1001, "going away".to_string()),
+        CloseReason::Storage(why) => (CLOSE_STORAGE, why),
     };
     let frame = CloseFrame {
         code: CloseCode::from(code),
-        reason: why.into(),
+        reason: close_reason_text(&why).into(),
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         sink.send(Message::Close(Some(frame))),
     )
     .await;
-    Ok(format!("closed: {why}"))
+    Ok(match code {
+        CLOSE_STORAGE => format!("paused: our {why}"),
+        _ => format!("closed: {why}"),
+    })
 }
 
-/// Wait for each inbox write in order and publish the ack it earns.
+/// A close frame's reason holds at most 123 bytes.
+fn close_reason_text(why: &str) -> &str {
+    let mut n = why.len().min(123);
+    while !why.is_char_boundary(n) {
+        n -= 1;
+    }
+    &why[..n]
+}
+
+/// Wait for each inbox write in order and publish the ack it earns. A write
+/// that fails hands its reason to the send loop, which closes the session
+/// with it; nothing after it is acked.
 async fn acks(
     mut pending: mpsc::UnboundedReceiver<Pending>,
     ack_out: watch::Sender<u64>,
-) -> Result<(), String> {
+    failed: oneshot::Sender<String>,
+) {
     while let Some(write) = pending.recv().await {
-        let next = write.await.map_err(|e| e.to_string())?;
-        ack_out.send_replace(next);
+        match write.await {
+            Ok(next) => {
+                ack_out.send_replace(next);
+            }
+            Err(e) => {
+                let _ = failed.send(storage_reason(&e));
+                break;
+            }
+        }
     }
-    // The receive loop ended first; its error is the one that counts.
+    // The receive or send loop ends the session.
     std::future::pending().await
+}
+
+/// Why our journal cannot take the peer's records, as the close reason
+/// the peer shows: "journal full: ..." when the disk is full.
+fn storage_reason(e: &JournalError) -> String {
+    let text = match e {
+        JournalError::Storage(why) => why.clone(),
+        e => e.to_string(),
+    };
+    if text.contains("No space left") || text.contains("os error 28") {
+        format!("journal full ({text})")
+    } else {
+        format!("journal cannot store ({text})")
+    }
 }
 
 async fn send(sink: &mut SplitSink<Ws, Message>, frame: &PeerFrame) -> Result<(), String> {

@@ -16,6 +16,7 @@
 //! | `Auth`  | after both Hellos, with a secret | HMAC-SHA256 proof (`auth`), dialler's first     |
 //! | `Data`  | after the handshake           | a batch of consecutive records of the sender's outbox |
 //! | `Ack`   | after the handshake           | cumulative: every record of that epoch below `next` is durable |
+//! | `Lost`  | after the handshake           | records `from..next` of the sender's epoch are gone and will never come |
 //!
 //! # Conversation
 //!
@@ -40,15 +41,25 @@
 //! both sides must state the same one. `Hello` stays variant 0 and starts
 //! with `node` and `version` in every version, so a Hello that does not
 //! decode still tells which version the peer speaks, and the refusal says
-//! what differs. (Version 1 had no nonce and no `Auth`.)
+//! what differs. (Version 1 had no nonce and no `Auth`; version 2 no
+//! `Lost`.)
 //!
 //! # Delivery rule
 //!
 //! The sender resumes from the receiver's `expect_next` when the receiver
 //! knows its epoch, else from its oldest unacknowledged record; the receiver
-//! drops records below its `next` and acks only after the inbox write is
-//! durable. Which of two colliding sessions survives never matters: acks
-//! are by sequence, not by session.
+//! drops records below its `next`, **refuses records past it** (a hole: an
+//! earlier write failed, so the session ends and the sender resumes from
+//! the `next` the receiver has durably), and acks only after the inbox
+//! write is durable. Which of two colliding sessions survives never
+//! matters: acks are by sequence, not by session.
+//!
+//! When the sender no longer has records the receiver expects (the
+//! receiver's inbox went back in time past what the outbox still holds, or
+//! `peerd journal repair` dropped damaged records), it sends `Lost { from,
+//! next }` instead of skipping them silently: the receiver stores a loss
+//! notice (moving its `next` past them in one durable write) and acks as
+//! usual; both sides log the range and count it (`status`).
 //!
 //! # Close codes
 //!
@@ -56,7 +67,10 @@
 //! collision; 1001 "going away" on shutdown; [`CLOSE_PROTOCOL`] (4001) for
 //! a handshake that cannot go on (wrong version, unknown node, ...);
 //! [`CLOSE_AUTH`] (4002) for a failed or impossible authentication (wrong
-//! proof, or a secret on only one side).
+//! proof, or a secret on only one side); [`CLOSE_STORAGE`] (4003) from a
+//! receiver whose journal cannot store (disk full, I/O error, read-only),
+//! with the reason: the sender backs off and retries, and resumes from
+//! what the receiver has stored once it can store again.
 //!
 //! # Limits
 //!
@@ -88,13 +102,15 @@ use crate::auth::Nonce;
 /// The WebSocket subprotocol a peer must ask for.
 pub const SUBPROTOCOL: &str = "peerlink.v1";
 /// Bumped on any incompatible change to [`PeerFrame`].
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 /// Close code: this session lost the collision rule.
 pub const CLOSE_DUPLICATE: u16 = 4000;
 /// Close code: the handshake was refused.
 pub const CLOSE_PROTOCOL: u16 = 4001;
 /// Close code: authentication failed or cannot happen.
 pub const CLOSE_AUTH: u16 = 4002;
+/// Close code: the receiver's journal cannot store (reason follows).
+pub const CLOSE_STORAGE: u16 = 4003;
 /// Room for framing and per-record overhead on top of `max_message`.
 pub const FRAME_OVERHEAD: u64 = 64 * 1024;
 /// A sender stops adding records to a batch once it holds this many bytes.
@@ -115,6 +131,12 @@ pub enum PeerFrame {
     /// Proof of the secret over both Hellos (see `auth`).
     Auth {
         proof: Vec<u8>,
+    },
+    /// The sender's records `from..next` of `epoch` are gone.
+    Lost {
+        epoch: u64,
+        from: u64,
+        next: u64,
     },
 }
 
@@ -173,6 +195,7 @@ impl PeerFrame {
             PeerFrame::Data { .. } => "Data",
             PeerFrame::Ack { .. } => "Ack",
             PeerFrame::Auth { .. } => "Auth",
+            PeerFrame::Lost { .. } => "Lost",
         }
     }
 }
@@ -213,6 +236,11 @@ mod tests {
             },
             PeerFrame::Ack { epoch: 42, next: 2 },
             PeerFrame::Auth { proof: vec![1; 32] },
+            PeerFrame::Lost {
+                epoch: 42,
+                from: 3,
+                next: 9,
+            },
         ];
         for f in frames {
             assert_eq!(PeerFrame::decode(&f.encode().unwrap()).unwrap(), f);

@@ -36,7 +36,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest control frame either side sends or accepts.
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -168,6 +168,10 @@ pub struct JournalStatus {
     pub inbox_next: u64,
     /// Oldest inbox sequence number still kept.
     pub inbox_first: u64,
+    /// Why the last write to the journal failed (disk full, I/O error,
+    /// read-only), until one succeeds again; and when.
+    pub storage_error: Option<String>,
+    pub storage_error_ms: Option<u64>,
 }
 
 /// Where a link stands.
@@ -209,6 +213,10 @@ pub struct PeerStatus {
     pub queued_bytes: u64,
     pub oldest_queued_ms: Option<u64>,
     pub reconnects: u64,
+    /// Messages known lost between us and this peer, either way (kept in
+    /// the journal), and how many of them since this daemon started.
+    pub msgs_lost: u64,
+    pub msgs_lost_since_start: u64,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -235,6 +243,8 @@ impl PeerStatus {
             queued_bytes: 0,
             oldest_queued_ms: None,
             reconnects: 0,
+            msgs_lost: 0,
+            msgs_lost_since_start: 0,
             last_error: None,
             last_error_ms: None,
         }

@@ -30,10 +30,16 @@
 //! # Recovery
 //!
 //! [`open`] scans every segment, checking each record's length, CRC and
-//! seq. A bad record in the last segment is the torn tail of a write cut
-//! by a crash: the segment is truncated there (and it is logged). A bad
-//! record in a sealed segment is corruption: opening fails with the file
-//! and offset, rather than silently dropping or renumbering messages.
+//! seq. A torn tail is a partial write at the very end of the last segment
+//! (a crash before the batch's fsync, so nothing in it was acknowledged):
+//! a bad record there with **no valid record after it** is cut (and it is
+//! logged). A bad record followed by a valid one, in any segment, the last
+//! included, is corruption: opening fails with the file, offset and
+//! record, rather than silently dropping or renumbering messages. The
+//! operator's way out is `peerd journal verify` / `repair` (see `repair`),
+//! which puts a **tombstone** in place of each damaged record: a record
+//! whose payload is only its seq. Tombstones keep the numbering whole, so
+//! no sequence number is ever reused; readers report them as lost.
 //!
 //! # Memory
 //!
@@ -459,6 +465,9 @@ impl Appender {
             return Ok(Vec::new());
         }
         self.snapshot();
+        if let Some(e) = injected_fault(&self.dir) {
+            return Err(e);
+        }
         write_all_at(&self.active.file, &self.buf, self.active.len)?;
         if self.fsync {
             self.active.file.sync_data()?;
@@ -501,6 +510,14 @@ impl Appender {
             result = result.and(std::fs::remove_file(&s.path));
         }
         result = result.and(committed.file.set_len(committed.len));
+        if self.fsync {
+            // The undo is durable too: a batch reported as failed must not
+            // come back after a crash (its bytes may have reached the disk).
+            result = result.and(committed.file.sync_all());
+            if self.active.new || sealed.len() > 1 {
+                result = result.and(sync_dir(&self.dir));
+            }
+        }
         self.active = committed;
         result
     }
@@ -516,18 +533,7 @@ pub fn open(
     visit: &mut dyn FnMut(u64, &[u8]),
 ) -> io::Result<(LogIndex, Appender)> {
     std::fs::create_dir_all(dir)?;
-    let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(SUFFIX)
-            && stem.len() == 20
-            && let Ok(base) = stem.parse::<u64>()
-        {
-            bases.push(base);
-        }
-    }
-    bases.sort_unstable();
+    let mut bases = segment_bases(dir)?;
     if bases.is_empty() {
         let path = segment_path(dir, start);
         OpenOptions::new()
@@ -575,7 +581,7 @@ pub fn open(
             Walked::Done { offset, seq, .. } => (offset, seq - base),
             Walked::Bad {
                 offset, seq, why, ..
-            } if i == last => {
+            } if i == last && next_valid(&file, offset, size, seq)?.is_none() => {
                 tracing::warn!(
                     "journal: {}: cutting a torn tail of {} bytes at offset {offset} ({why}); \
                      it was never acknowledged",
@@ -586,10 +592,17 @@ pub fn open(
                 file.sync_all()?;
                 (offset, seq - base)
             }
-            Walked::Bad { offset, why, .. } => {
+            Walked::Bad {
+                offset, seq, why, ..
+            } => {
+                let after = if i == last {
+                    "valid records follow it"
+                } else {
+                    "it is in a sealed segment"
+                };
                 return Err(corrupt(format!(
-                    "{} is damaged at offset {offset} ({why}); it is a sealed segment, so this is \
-                     not a torn write but disk corruption",
+                    "{} is damaged at offset {offset} (record {seq}: {why}) and {after}, so this \
+                     is not a torn write but disk corruption",
                     path.display()
                 )));
             }
@@ -643,12 +656,91 @@ fn corrupt(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-fn segment_path(dir: &Path, base: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}{SUFFIX}"))
 }
 
+/// The base seqs of the segments in `dir`, sorted.
+pub(super) fn segment_bases(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(SUFFIX)
+            && stem.len() == 20
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Is this record payload (after the seq) a tombstone: a record lost to
+/// damage and dropped by `peerd journal repair`? Real records always
+/// carry fields, so an empty payload cannot be one.
+pub fn is_tombstone(data: &[u8]) -> bool {
+    data.is_empty()
+}
+
+/// Bytes of one tombstone record on disk.
+pub(super) const TOMBSTONE_BYTES: u64 = HEADER + SEQ_BYTES as u64;
+
+/// A tombstone for record `seq`, as it is on disk.
+pub(super) fn tombstone(seq: u64) -> [u8; TOMBSTONE_BYTES as usize] {
+    let payload = seq.to_le_bytes();
+    let mut out = [0u8; TOMBSTONE_BYTES as usize];
+    out[..4].copy_from_slice(&(SEQ_BYTES as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out[8..].copy_from_slice(&payload);
+    out
+}
+
+/// After a bad record (record `bad_seq` at `offset`), the first valid
+/// record later in the segment, as (offset, seq): one whose length is
+/// possible, whose seq is one a later record could have (records are at
+/// least [`TOMBSTONE_BYTES`] long) and whose CRC matches. `None` means
+/// nothing valid follows: a torn tail, not corruption.
+pub(super) fn next_valid(
+    file: &File,
+    offset: u64,
+    end: u64,
+    bad_seq: u64,
+) -> io::Result<Option<(u64, u64)>> {
+    let start = offset + 1;
+    if end <= start + TOMBSTONE_BYTES {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; (end - start) as usize];
+    read_exact_at(file, &mut buf, start)?;
+    let min = TOMBSTONE_BYTES as usize;
+    for i in 0..=buf.len() - min {
+        let len = u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as u64;
+        if len < SEQ_BYTES as u64
+            || len > MAX_PAYLOAD
+            || (i + HEADER as usize) as u64 + len > buf.len() as u64
+        {
+            continue;
+        }
+        let mut s = [0u8; SEQ_BYTES];
+        s.copy_from_slice(&buf[i + 8..i + 16]);
+        let seq = u64::from_le_bytes(s);
+        let most = bad_seq.saturating_add(1 + (i as u64 + 1) / TOMBSTONE_BYTES);
+        if seq <= bad_seq || seq > most {
+            continue;
+        }
+        let payload = &buf[i + 8..i + 8 + len as usize];
+        let crc = u32::from_le_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]);
+        if crc32fast::hash(payload) == crc {
+            return Ok(Some((start + i as u64, seq)));
+        }
+    }
+    Ok(None)
+}
+
 /// Where a walk stopped.
-enum Walked {
+pub(super) enum Walked {
     /// At a record the visitor declined, or at `end`.
     Done { offset: u64, seq: u64, pos: u64 },
     /// At a record that is not whole and valid.
@@ -659,7 +751,7 @@ enum Walked {
 /// starts) up to `end`, checking each. `visit(seq, pos, payload after the
 /// seq)` gets each record's position in the log's byte stream (`seg_pos +
 /// offset`) and returns false to stop before that record.
-fn walk(
+pub(super) fn walk(
     file: &File,
     mut offset: u64,
     end: u64,
@@ -773,6 +865,34 @@ fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The fault-injection seam the end-to-end tests arm: when peerd was
+/// started with `PEERD_FAULT_FILE=<path>` and that file exists, each line
+/// `<log> <errno>` (`inbox EIO`, `outbox ENOSPC`, `inbox EROFS`) makes
+/// every commit of that log fail with that error, as a failing disk would,
+/// until the line is gone. Unset (always, outside tests), it costs one
+/// check of a `OnceLock`.
+fn injected_fault(dir: &Path) -> Option<io::Error> {
+    static FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let file = FILE
+        .get_or_init(|| std::env::var_os("PEERD_FAULT_FILE").map(PathBuf::from))
+        .as_ref()?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let log = dir.file_name()?.to_str()?;
+    text.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(log) {
+            return None;
+        }
+        let errno = match words.next()? {
+            "EIO" => 5,
+            "ENOSPC" => 28,
+            "EROFS" => 30,
+            _ => return None,
+        };
+        Some(io::Error::from_raw_os_error(errno))
+    })
 }
 
 /// Make a directory's entries (created, renamed, removed files) durable.

@@ -11,6 +11,15 @@
 //! is itself the "next expected from this peer" update, so storing the
 //! message and moving that number are one write. Local messages (plain
 //! WebSocket clients) have origin_epoch 0.
+//!
+//! The top bit of `origin_len` marks a **loss notice** (journal layout 2):
+//! the peer told us its records `first..=origin_seq` of `origin_epoch` are
+//! gone (`peerd journal repair` dropped them, or our inbox went back in
+//! time past what it still holds). Its body is `first` (u64). Like any
+//! inbox record it moves "next expected" past them, in one write; readers
+//! (`tail`, plain clients) skip it, and it is counted as lost. Origins are
+//! at most 127 bytes (node names are at most 32, `client:<addr>` ~60).
+//! A record whose payload is empty is a tombstone (see `log`).
 
 use peerlink::control::Entry;
 
@@ -40,7 +49,14 @@ pub struct InboxMeta<'a> {
     pub origin_epoch: u64,
     pub origin_seq: u64,
     pub origin: &'a str,
+    /// A loss notice, not a message (see the module doc).
+    pub lost: bool,
 }
+
+/// Flag in `origin_len`: a loss notice.
+const LOST_FLAG: u8 = 0x80;
+/// Longest origin kept.
+const MAX_ORIGIN: usize = 127;
 
 /// Encode an inbox message.
 pub fn put_inbox(buf: &mut Vec<u8>, m: &InboxMeta<'_>, body: &[u8]) {
@@ -48,11 +64,11 @@ pub fn put_inbox(buf: &mut Vec<u8>, m: &InboxMeta<'_>, body: &[u8]) {
     buf.extend_from_slice(&m.sent_ms.to_le_bytes());
     buf.extend_from_slice(&m.origin_epoch.to_le_bytes());
     buf.extend_from_slice(&m.origin_seq.to_le_bytes());
-    let mut n = m.origin.len().min(255);
+    let mut n = m.origin.len().min(MAX_ORIGIN);
     while !m.origin.is_char_boundary(n) {
         n -= 1;
     }
-    buf.push(n as u8);
+    buf.push(n as u8 | if m.lost { LOST_FLAG } else { 0 });
     buf.extend_from_slice(&m.origin.as_bytes()[..n]);
     buf.extend_from_slice(body);
 }
@@ -63,9 +79,10 @@ pub fn get_inbox_meta(data: &[u8]) -> Option<(InboxMeta<'_>, &[u8])> {
     let (sent_ms, rest) = take_u64(rest)?;
     let (origin_epoch, rest) = take_u64(rest)?;
     let (origin_seq, rest) = take_u64(rest)?;
-    let (&n, rest) = rest.split_first()?;
-    let origin = std::str::from_utf8(rest.get(..n as usize)?).ok()?;
-    let body = &rest[n as usize..];
+    let (&flags, rest) = rest.split_first()?;
+    let n = (flags & !LOST_FLAG) as usize;
+    let origin = std::str::from_utf8(rest.get(..n)?).ok()?;
+    let body = &rest[n..];
     Some((
         InboxMeta {
             received_ms,
@@ -73,22 +90,42 @@ pub fn get_inbox_meta(data: &[u8]) -> Option<(InboxMeta<'_>, &[u8])> {
             origin_epoch,
             origin_seq,
             origin,
+            lost: flags & LOST_FLAG != 0,
         },
         body,
     ))
 }
 
-/// Decode an inbox record numbered `seq` as `tail` shows it.
-pub fn get_inbox(seq: u64, data: &[u8]) -> Option<Entry> {
+/// Encode a loss notice: `origin`'s records `first..=m.origin_seq` are gone.
+pub fn put_lost(buf: &mut Vec<u8>, m: &InboxMeta<'_>, first: u64) {
+    put_inbox(buf, &InboxMeta { lost: true, ..*m }, &first.to_le_bytes());
+}
+
+/// The first lost seq of a loss notice's body, and how many were lost.
+pub fn lost_range(m: &InboxMeta<'_>, body: &[u8]) -> Option<(u64, u64)> {
+    let (first, _) = take_u64(body)?;
+    let n = m.origin_seq.checked_add(1)?.checked_sub(first)?;
+    Some((first, n))
+}
+
+/// Decode an inbox record numbered `seq` as `tail` shows it; `Some(None)`
+/// for a record that is not a message (a loss notice or a tombstone).
+pub fn get_inbox(seq: u64, data: &[u8]) -> Option<Option<Entry>> {
+    if super::log::is_tombstone(data) {
+        return Some(None);
+    }
     let (m, body) = get_inbox_meta(data)?;
-    Some(Entry {
+    if m.lost {
+        return Some(None);
+    }
+    Some(Some(Entry {
         seq,
         received_ms: m.received_ms,
         sent_ms: m.sent_ms,
         origin: m.origin.to_string(),
         origin_seq: m.origin_seq,
         body: body.to_vec(),
-    })
+    }))
 }
 
 fn take_u64(data: &[u8]) -> Option<(u64, &[u8])> {
@@ -119,14 +156,28 @@ mod tests {
             origin_epoch: 3,
             origin_seq: 4,
             origin: "client:127.0.0.1:5",
+            lost: false,
         };
         let mut b = Vec::new();
         put_inbox(&mut b, &m, b"body");
         assert_eq!(get_inbox_meta(&b), Some((m, &b"body"[..])));
-        let e = get_inbox(9, &b).unwrap();
+        let e = get_inbox(9, &b).unwrap().unwrap();
         assert_eq!((e.seq, e.origin.as_str(), e.origin_seq), (9, m.origin, 4));
         for cut in 0..b.len() - 4 {
             assert_eq!(get_inbox_meta(&b[..cut]), None, "cut at {cut}");
         }
+        // A loss notice decodes with its range and is no message.
+        let notice = InboxMeta {
+            origin: "a",
+            origin_seq: 20,
+            ..m
+        };
+        let mut b = Vec::new();
+        put_lost(&mut b, &notice, 11);
+        let (back, body) = get_inbox_meta(&b).unwrap();
+        assert!(back.lost && back.origin == "a");
+        assert_eq!(lost_range(&back, body), Some((11, 10)));
+        assert_eq!(get_inbox(3, &b), Some(None));
+        assert_eq!(get_inbox(3, &[]), Some(None), "a tombstone");
     }
 }

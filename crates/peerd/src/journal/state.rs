@@ -19,8 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use super::log::sync_dir;
 
-/// Layout version of this file.
-pub const VERSION: u32 = 1;
+/// Layout version of the journal this file heads. 2 added loss notices in
+/// the inbox, tombstones and `msgs_lost`; a version 1 journal is read as
+/// is (it has none of them) and written back as 2, which an older peerd
+/// refuses by name instead of misreading.
+pub const VERSION: u32 = 2;
+/// The oldest layout this peerd still opens.
+pub const OLDEST: u32 = 1;
 const NAME: &str = "state.toml";
 const TMP: &str = "state.toml.tmp";
 
@@ -49,6 +54,10 @@ pub struct PeerFile {
     pub bytes_sent: u64,
     pub msgs_received: u64,
     pub bytes_received: u64,
+    /// Messages known lost between us and this peer, either way (see
+    /// README "Durability").
+    #[serde(default)]
+    pub msgs_lost: u64,
 }
 
 pub fn hex(v: u64) -> String {
@@ -77,11 +86,12 @@ pub fn load(dir: &Path) -> io::Result<Option<StateFile>> {
             format!("{}: {e}", dir.join(NAME).display()),
         )
     })?;
-    if file.version != VERSION {
+    if !(OLDEST..=VERSION).contains(&file.version) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{}: journal layout version {} (this peerd reads {VERSION})",
+                "{}: journal layout version {} (this peerd reads {OLDEST} to {VERSION}); \
+                 it was written by another release of peerd",
                 dir.join(NAME).display(),
                 file.version
             ),

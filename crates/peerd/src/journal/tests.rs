@@ -49,13 +49,17 @@ fn crash_copy(from: &Path, to: &Path) {
     }
 }
 
+/// Every message's origin seq, read as `tail` does: chunk after chunk
+/// (a read stops at a segment's end), from where the last one stopped.
 fn origin_seqs(j: &Journal) -> Vec<u64> {
-    j.read_inbox(1, 10_000, 1 << 30)
-        .unwrap()
-        .entries
-        .iter()
-        .map(|e| e.origin_seq)
-        .collect()
+    let (mut out, mut next) = (Vec::new(), 1);
+    while next < j.status().inbox_next {
+        let read = j.read_inbox(next, 10_000, 1 << 30).unwrap();
+        assert!(read.next > next, "a read moves on");
+        out.extend(read.entries.iter().map(|e| e.origin_seq));
+        next = read.next;
+    }
+    out
 }
 
 #[tokio::test]
@@ -68,7 +72,7 @@ async fn outbox_numbers_reads_and_trims_by_ack() {
         Ok((1, 2))
     );
     assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((3, 3)));
-    let got = j.read_outbox(2, 1 << 20).unwrap();
+    let got = j.read_outbox(2, 1 << 20).unwrap().records;
     assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(got[1].body, b"z");
     let (msgs, bytes, oldest) = j.queued("b");
@@ -96,12 +100,12 @@ async fn acked_segments_are_deleted_and_numbering_goes_on() {
     j.ack("b", 501);
     j.checkpoint().await.unwrap();
     assert_eq!(segments(tmp.path(), "outbox"), 1, "only the active segment");
-    assert_eq!(j.read_outbox(501, 1 << 20).unwrap(), vec![]);
+    assert_eq!(j.read_outbox(501, 1 << 20).unwrap().records, vec![]);
     j.close().await;
     drop(j);
     let j = Journal::open(o).unwrap();
     assert_eq!(j.append_outbox(vec![b"n".to_vec()]).await, Ok((501, 501)));
-    assert_eq!(j.read_outbox(501, 1 << 20).unwrap()[0].seq, 501);
+    assert_eq!(j.read_outbox(501, 1 << 20).unwrap().records[0].seq, 501);
 }
 
 #[tokio::test]
@@ -119,7 +123,7 @@ async fn outbox_limit_refuses_and_keeps_what_it_has() {
         text.contains("5 messages") && text.contains("since 20"),
         "{text}"
     );
-    assert_eq!(j.read_outbox(1, 1 << 20).unwrap().len(), 5);
+    assert_eq!(j.read_outbox(1, 1 << 20).unwrap().records.len(), 5);
     // Acks make room again; a byte limit works the same way.
     j.ack("b", 3);
     assert_eq!(j.append_outbox(vec![vec![3]; 2]).await, Ok((6, 7)));
@@ -251,7 +255,7 @@ async fn reopen_after_every_kind_of_write() {
     let c = Journal::open(opts(&crashed)).unwrap();
     assert_eq!(c.epoch(), epoch);
     assert_eq!(c.status().outbox_next, 4);
-    assert_eq!(c.read_outbox(1, 1 << 20).unwrap().len(), 3);
+    assert_eq!(c.read_outbox(1, 1 << 20).unwrap().records.len(), 3);
     assert_eq!(c.peer("b").recv_epoch, 7);
     assert_eq!(
         c.peer("b").recv_next,
@@ -397,7 +401,7 @@ async fn a_large_backlog_lives_on_disk() {
         st.outbox.mark_count()
     );
     drop(st);
-    let r = j.read_outbox(123_457, 1 << 20).unwrap();
+    let r = j.read_outbox(123_457, 1 << 20).unwrap().records;
     assert_eq!(r[0].seq, 123_457);
     assert_eq!(j.queued("b").0, 200_000);
 }
@@ -469,7 +473,7 @@ async fn journal_throughput() {
     let t = std::time::Instant::now();
     let mut next = 1;
     while next <= N {
-        let recs = j.read_outbox(next, 256 << 10).unwrap();
+        let recs = j.read_outbox(next, 256 << 10).unwrap().records;
         next = recs.last().unwrap().seq + 1;
     }
     let rd = t.elapsed();
@@ -479,4 +483,259 @@ async fn journal_throughput() {
         (seq - 1) as f64 / r.as_secs_f64() / 1e6,
         N as f64 / rd.as_secs_f64() / 1e6
     );
+}
+
+/// Flip `n` bytes at `offset` of a file.
+fn flip(path: &Path, offset: u64, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = vec![0u8; n];
+    f.read_exact_at(&mut b, offset).unwrap();
+    for x in &mut b {
+        *x ^= 0xa5;
+    }
+    f.write_all_at(&b, offset).unwrap();
+}
+
+/// Byte offset of outbox record `seq` in a one-segment log of equal records.
+fn record_offset(dir: &Path, log_name: &str, seq: u64) -> (std::path::PathBuf, u64) {
+    let seg = dir.join(log_name).join(format!("{:020}.log", 1));
+    let data = std::fs::read(&seg).unwrap();
+    let mut off = 0usize;
+    let mut s = 1;
+    while s < seq {
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+        off += 8 + len;
+        s += 1;
+    }
+    (seg, off as u64)
+}
+
+#[tokio::test]
+async fn damage_inside_the_last_segment_refuses_and_repair_drops_exactly_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Options {
+        outbox_limit_messages: 100,
+        segment_bytes: 1 << 20,
+        ..opts(tmp.path())
+    };
+    let j = Journal::open(o.clone()).unwrap();
+    let bodies = (1..=20)
+        .map(|i| format!("message {i:03}").into_bytes())
+        .collect();
+    assert_eq!(j.append_outbox(bodies).await, Ok((1, 20)));
+    j.ack("b", 5);
+    j.close().await;
+    drop(j);
+    let (seg, off) = record_offset(tmp.path(), "outbox", 11);
+    flip(&seg, off + 12, 4);
+    // Valid records follow the bad one: corruption, not a torn tail.
+    let e = Journal::open(o.clone()).err().unwrap().to_string();
+    assert!(
+        e.contains("00000000000000000001.log")
+            && e.contains(&format!("offset {off}"))
+            && e.contains("record 11")
+            && e.contains("valid records follow"),
+        "{e}"
+    );
+    // verify says what a repair drops, and changes nothing.
+    let before = std::fs::read(&seg).unwrap();
+    let report = repair::verify(tmp.path()).unwrap();
+    assert!(!report.is_clean());
+    let text = report.render(false);
+    assert!(
+        text.contains("a repair drops outbox records 11..11 (1 message)"),
+        "{text}"
+    );
+    assert!(text.contains("1 never reached b"), "{text}");
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+    // repair drops exactly record 11.
+    let report = repair::repair(tmp.path()).unwrap();
+    assert!(
+        report
+            .render(true)
+            .contains("dropped outbox records 11..11")
+    );
+    assert!(repair::verify(tmp.path()).unwrap().is_clean());
+    let j = Journal::open(o).unwrap();
+    assert_eq!(j.status().outbox_next, 21, "no number is reused");
+    let r = j.read_outbox(5, 1 << 20).unwrap();
+    assert_eq!(
+        r.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (5..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(r.lost, None);
+    let r = j.read_outbox(11, 1 << 20).unwrap();
+    assert_eq!((r.records.len(), r.lost), (0, Some((11, 12))));
+    let r = j.read_outbox(12, 1 << 20).unwrap();
+    assert_eq!(
+        r.records.first().map(|r| r.body.clone()),
+        Some(b"message 012".to_vec())
+    );
+    assert_eq!(r.records.len(), 9);
+    assert_eq!(j.append_outbox(vec![b"new".to_vec()]).await, Ok((21, 21)));
+}
+
+#[tokio::test]
+async fn a_truncated_last_record_is_still_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    j.append_inbox("a".into(), 7, (1..=3).map(|s| rec(s, "abcdef")).collect())
+        .await
+        .unwrap();
+    j.close().await;
+    drop(j);
+    let seg = tmp.path().join("inbox").join(format!("{:020}.log", 1));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let text = repair::verify(tmp.path()).unwrap().render(false);
+    assert!(text.contains("torn tail"), "{text}");
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_eq!(origin_seqs(&j), [1, 2]);
+    assert_eq!(
+        j.peer("a").recv_next,
+        3,
+        "the cut record is asked for again"
+    );
+}
+
+#[tokio::test]
+async fn damaged_inbox_records_and_a_missing_segment_are_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    for s in 1..=300 {
+        j.append_inbox(
+            "a".into(),
+            7,
+            vec![rec(s, "0123456789012345678901234567890123456789")],
+        )
+        .await
+        .unwrap();
+    }
+    j.close().await;
+    drop(j);
+    // Flip a record in the middle of the first (sealed) segment and remove
+    // the second segment.
+    let (seg, off) = record_offset(tmp.path(), "inbox", 3);
+    flip(&seg, off + 20, 2);
+    let mut segs: Vec<_> = std::fs::read_dir(tmp.path().join("inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let second = segs[1].clone();
+    let base: u64 = second
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let third: u64 = segs[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::remove_file(&second).unwrap();
+    assert!(Journal::open(opts(tmp.path())).is_err());
+    let text = repair::repair(tmp.path()).unwrap().render(true);
+    assert!(
+        text.contains("dropped inbox records 3..3 (1 message)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("dropped inbox records {base}..{}", third - 1)),
+        "{text}"
+    );
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    let seqs = origin_seqs(&j);
+    let expect: Vec<u64> = (1..=300)
+        .filter(|s| *s != 3 && !(base..third).contains(s))
+        .collect();
+    assert_eq!(seqs, expect, "tail skips exactly the dropped records");
+    assert_eq!(j.status().inbox_next, 301);
+    assert_eq!(j.peer("a").recv_next, 301);
+}
+
+#[tokio::test]
+async fn records_past_a_hole_are_never_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_eq!(
+        j.append_inbox("a".into(), 7, vec![rec(1, "x"), rec(2, "y")])
+            .await,
+        Ok(3)
+    );
+    let e = j.append_inbox("a".into(), 7, vec![rec(5, "z")]).await;
+    assert_eq!(
+        e,
+        Err(JournalError::Gap {
+            expected: 3,
+            got: 5
+        })
+    );
+    // Records before the hole in the same write are stored; after, never.
+    let e = j
+        .append_inbox("a".into(), 7, vec![rec(3, "p"), rec(6, "q")])
+        .await;
+    assert_eq!(
+        e,
+        Err(JournalError::Gap {
+            expected: 4,
+            got: 6
+        })
+    );
+    assert_eq!(origin_seqs(&j), [1, 2, 3]);
+    assert_eq!(j.peer("a").recv_next, 4);
+    assert_eq!(
+        j.append_inbox("a".into(), 7, vec![rec(4, "r")]).await,
+        Ok(5)
+    );
+}
+
+#[tokio::test]
+async fn a_loss_notice_moves_next_expected_durably_and_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    j.append_inbox("a".into(), 7, vec![rec(1, "x")])
+        .await
+        .unwrap();
+    // Not from where we are: refused like a gap.
+    assert_eq!(
+        j.append_lost("a".into(), 7, 5, 9).await,
+        Err(JournalError::Gap {
+            expected: 2,
+            got: 5
+        })
+    );
+    assert_eq!(j.append_lost("a".into(), 7, 2, 9).await, Ok(9));
+    assert_eq!(
+        j.append_lost("a".into(), 7, 2, 9).await,
+        Ok(9),
+        "told twice: once"
+    );
+    assert_eq!(j.counters("a").msgs_lost, 7);
+    assert_eq!(
+        j.append_inbox("a".into(), 7, vec![rec(9, "y")]).await,
+        Ok(10)
+    );
+    assert_eq!(origin_seqs(&j), [1, 9], "the notice is no message");
+    // A crash before any checkpoint: the notice itself is the durable write.
+    let copy = tempfile::tempdir().unwrap();
+    crash_copy(tmp.path(), copy.path());
+    let _ = std::fs::remove_file(copy.path().join("lock"));
+    let c = Journal::open(opts(copy.path())).unwrap();
+    assert_eq!(c.peer("a").recv_next, 10);
+    assert_eq!(origin_seqs(&c), [1, 9]);
 }

@@ -5,8 +5,14 @@
 //! assigns sequence numbers, drops duplicates, appends to the logs, then
 //! one commit per log (the two fsyncs run in parallel), then publishes to
 //! the readers' index, answers every waiter and moves the watches. If the
-//! commit fails, everything in the batch is rolled back and every waiter
-//! gets the error: nothing is half-stored and nothing is acked.
+//! commit fails, everything in the batch is rolled back (durably: the
+//! files are cut back and synced) and every waiter gets the error: nothing
+//! is half-stored and nothing is acked.
+//!
+//! Records from a peer are stored only in order: one that does not follow
+//! what is stored from that peer (an earlier batch failed, so the stream
+//! has a hole) is refused with [`JournalError::Gap`], never stored past the
+//! hole. The session ends; the peer resumes from what is stored.
 //!
 //! Every second (and on [`Write::Checkpoint`] / [`Write::Close`]) it does
 //! the housekeeping: inbox retention, the state file, and deleting
@@ -52,6 +58,8 @@ enum Reply {
         Result<(u64, u64), JournalError>,
     ),
     Seq(oneshot::Sender<Result<u64, JournalError>>, u64),
+    /// Not stored, for a reason of its own (the rest of the batch is).
+    Refused(oneshot::Sender<Result<u64, JournalError>>, JournalError),
 }
 
 /// Open the journal in `opts.dir`: lock it, read or create the state file,
@@ -95,6 +103,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
                 bytes_sent: p.bytes_sent,
                 msgs_received: p.msgs_received,
                 bytes_received: p.bytes_received,
+                msgs_lost: p.msgs_lost,
             },
         );
     }
@@ -105,13 +114,14 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         opts.fsync,
         &mut |_, _| {},
     )
-    .map_err(|e| err("cannot open the outbox of", e))?;
+    .map_err(|e| damaged(&dir, e).unwrap_or_else(|e| err("cannot open the outbox of", e)))?;
     // The inbox records are the truth about what we received: the last
     // record kept from a peer says what we expect from it next (the state
     // file only matters for peers whose records retention has trimmed).
     // Records past the checkpoint are added to the counters.
     let checkpoint = file.inbox_checkpoint;
     let mut replayed = 0u64;
+    let mut notices = 0u64;
     let mut last_from: HashMap<String, (u64, u64)> = HashMap::new();
     let (inbox, inbox_w) = log::open(
         &dir.join("inbox"),
@@ -134,15 +144,30 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
                     );
                 }
             }
+            if m.lost {
+                notices += 1;
+            }
             if seq >= checkpoint {
                 replayed += 1;
                 let c = counters.entry(m.origin.to_string()).or_default();
-                c.msgs_received += 1;
-                c.bytes_received += body.len() as u64;
+                match records::lost_range(&m, body) {
+                    Some((_, n)) if m.lost => c.msgs_lost += n,
+                    _ => {
+                        c.msgs_received += 1;
+                        c.bytes_received += body.len() as u64;
+                    }
+                }
             }
         },
     )
-    .map_err(|e| err("cannot open the inbox of", e))?;
+    .map_err(|e| damaged(&dir, e).unwrap_or_else(|e| err("cannot open the inbox of", e)))?;
+    if notices > 0 {
+        tracing::warn!(
+            "journal {}: the inbox holds {notices} loss notices (messages peers reported \
+             lost; see README \"Durability\")",
+            dir.display()
+        );
+    }
     for (origin, (epoch, next)) in last_from {
         let p = peers.entry(origin).or_default();
         p.recv_epoch = epoch;
@@ -186,6 +211,8 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         inbox_first_pos: 0,
         floor,
         floor_pos: 0,
+        storage_error: None,
+        lost_told: HashMap::new(),
         peers,
         counters,
         dirty: true,
@@ -219,6 +246,31 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         broken: None,
     };
     Ok((shared, writer))
+}
+
+/// A log that would not open because it is damaged (not a torn write):
+/// say so, and what to do. Other errors are passed back.
+fn damaged(dir: &Path, e: std::io::Error) -> Result<JournalError, std::io::Error> {
+    if e.kind() != std::io::ErrorKind::InvalidData {
+        return Err(e);
+    }
+    Ok(JournalError::Corrupt(format!(
+        "the journal is damaged: {e}. Nothing was changed. `peerd journal verify {i}` shows \
+         the damage and `peerd journal repair {i}` drops the damaged records, saying which (see \
+         README \"Durability\")",
+        i = opts_instance(dir)
+    )))
+}
+
+/// The instance a journal directory belongs to, for the hint in an error:
+/// `<state dir>/journal`, and the state dir is named after the instance
+/// unless `--state-dir` chose another name.
+fn opts_instance(dir: &Path) -> String {
+    dir.parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| peerlink::valid_instance_name(n))
+        .unwrap_or_else(|| "<instance>".into())
 }
 
 /// A new journal: a fresh epoch, written down before any record exists.
@@ -345,6 +397,7 @@ impl Writer {
             )
         };
         let mut received: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut lost: Vec<(String, u64)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
         let mut failed: Option<std::io::Error> = None;
         let mut skipped = Vec::new();
@@ -406,17 +459,20 @@ impl Writer {
                         p.recv_next = first;
                     }
                     let counted = received.entry(origin.clone()).or_default();
+                    let mut gap = None;
                     for r in &records {
                         if r.seq < p.recv_next {
                             continue; // a resend of something we already have
                         }
                         if r.seq > p.recv_next {
-                            tracing::warn!(
-                                peer = %origin,
-                                expected = p.recv_next,
-                                got = r.seq,
-                                "gap in peer's sequence numbers"
-                            );
+                            // Never store past a hole: what is missing was
+                            // never stored here, so nothing may be acked
+                            // beyond it. The peer resends from recv_next.
+                            gap = Some(JournalError::Gap {
+                                expected: p.recv_next,
+                                got: r.seq,
+                            });
+                            break;
                         }
                         let meta = InboxMeta {
                             received_ms: now,
@@ -424,6 +480,7 @@ impl Writer {
                             origin_epoch: epoch,
                             origin_seq: r.seq,
                             origin: &origin,
+                            lost: false,
                         };
                         if let Err(e) = self.inbox.append(|b| records::put_inbox(b, &meta, &r.body))
                         {
@@ -434,6 +491,59 @@ impl Writer {
                         counted.0 += 1;
                         counted.1 += r.body.len() as u64;
                     }
+                    match gap {
+                        Some(e) => replies.push(Reply::Refused(reply, e)),
+                        None => replies.push(Reply::Seq(reply, p.recv_next)),
+                    }
+                }
+                Write::Lost {
+                    origin,
+                    epoch,
+                    from,
+                    next,
+                    reply,
+                } => {
+                    let p = recv.entry(origin.clone()).or_default();
+                    if p.recv_epoch != epoch {
+                        p.recv_epoch = epoch;
+                        p.recv_next = from;
+                    }
+                    if next <= p.recv_next {
+                        replies.push(Reply::Seq(reply, p.recv_next)); // told already
+                        continue;
+                    }
+                    if from > p.recv_next {
+                        let e = JournalError::Gap {
+                            expected: p.recv_next,
+                            got: from,
+                        };
+                        replies.push(Reply::Refused(reply, e));
+                        continue;
+                    }
+                    let first = p.recv_next;
+                    let meta = InboxMeta {
+                        received_ms: now,
+                        sent_ms: now,
+                        origin_epoch: epoch,
+                        origin_seq: next - 1,
+                        origin: &origin,
+                        lost: true,
+                    };
+                    if let Err(e) = self.inbox.append(|b| records::put_lost(b, &meta, first)) {
+                        failed = Some(e);
+                        replies.push(Reply::Seq(reply, 0)); // answered with the error
+                        continue;
+                    }
+                    tracing::error!(
+                        peer = %origin,
+                        "messages {first}..{} of {origin} (epoch {epoch:016x}) are lost: {origin} \
+                         no longer has them (its journal was repaired, or ours went back in time); \
+                         exactly-once delivery of these {} messages cannot be kept",
+                        next - 1,
+                        next - first
+                    );
+                    p.recv_next = next;
+                    lost.push((origin, next - first));
                     replies.push(Reply::Seq(reply, p.recv_next));
                 }
                 Write::Local {
@@ -447,10 +557,14 @@ impl Writer {
                         origin_epoch: 0,
                         origin_seq: 0,
                         origin: &origin,
+                        lost: false,
                     };
                     match self.inbox.append(|b| records::put_inbox(b, &meta, &body)) {
                         Ok(seq) => replies.push(Reply::Seq(reply, seq)),
-                        Err(e) => failed = Some(e),
+                        Err(e) => {
+                            failed = Some(e);
+                            replies.push(Reply::Seq(reply, 0)); // answered with the error
+                        }
                     }
                 }
                 Write::Checkpoint { .. } | Write::Close { .. } => {}
@@ -463,7 +577,12 @@ impl Writer {
         let (outbox_updates, inbox_updates) = match committed {
             Ok(u) => u,
             Err(e) => {
-                tracing::error!("journal: write failed, batch not stored: {e}");
+                if lock(&self.shared).storage_error.is_none() {
+                    tracing::error!("journal: write failed, batch not stored: {e}");
+                } else {
+                    tracing::debug!("journal: write failed again, batch not stored: {e}");
+                }
+                lock(&self.shared).storage_error = Some((e.to_string(), now));
                 if let Err(r) = self.outbox.rollback().and(self.inbox.rollback()) {
                     let why =
                         format!("the journal could not undo a failed write ({r}); restart peerd");
@@ -482,7 +601,7 @@ impl Writer {
                         Reply::Outbox(tx, Ok(_)) => {
                             let _ = tx.send(Err(e.clone()));
                         }
-                        Reply::Seq(tx, _) => {
+                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
                             let _ = tx.send(Err(e.clone()));
                         }
                     }
@@ -494,6 +613,13 @@ impl Writer {
             let mut st = lock(&self.shared);
             st.outbox.apply(outbox_updates);
             st.inbox.apply(inbox_updates);
+            if let Some((e, _)) = st.storage_error.take() {
+                tracing::info!("journal: writing works again (after: {e})");
+            }
+            for (name, n) in lost {
+                st.counters.entry(name).or_default().msgs_lost += n;
+                st.dirty = true;
+            }
             for (name, r) in recv {
                 let p = st.peers.entry(name).or_default();
                 p.recv_epoch = r.recv_epoch;
@@ -524,6 +650,9 @@ impl Writer {
                 }
                 Reply::Seq(tx, v) => {
                     let _ = tx.send(Ok(v));
+                }
+                Reply::Refused(tx, e) => {
+                    let _ = tx.send(Err(e));
                 }
             }
         }
@@ -589,8 +718,13 @@ impl Writer {
         };
         let dir = &self.shared.opts.dir;
         if let Err(e) = state::save(dir, &file, self.shared.opts.fsync) {
-            lock(&self.shared).dirty = true;
-            tracing::warn!("journal: cannot write {}/state.toml: {e}", dir.display());
+            let mut st = lock(&self.shared);
+            st.dirty = true;
+            // Once, not every second while the disk stays full.
+            if st.storage_error.is_none() {
+                tracing::warn!("journal: cannot write {}/state.toml: {e}", dir.display());
+            }
+            st.storage_error = Some((format!("writing state.toml: {e}"), peerlink::now_ms()));
             return Err(JournalError::storage("writing the state file", e));
         }
         if deletable {
@@ -680,6 +814,7 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
                 bytes_sent: c.bytes_sent,
                 msgs_received: c.msgs_received,
                 bytes_received: c.bytes_received,
+                msgs_lost: c.msgs_lost,
             },
         );
     }
@@ -698,7 +833,7 @@ fn fail(w: Write, e: &JournalError) {
         Write::Outbox { reply, .. } => {
             let _ = reply.send(Err(e.clone()));
         }
-        Write::Inbox { reply, .. } | Write::Local { reply, .. } => {
+        Write::Inbox { reply, .. } | Write::Local { reply, .. } | Write::Lost { reply, .. } => {
             let _ = reply.send(Err(e.clone()));
         }
         Write::Checkpoint { reply } => {
