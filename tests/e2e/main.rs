@@ -12,4 +12,5 @@ mod link;
 mod plain;
 mod service;
 mod status;
+mod storage;
 mod tls;

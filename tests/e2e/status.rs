@@ -53,6 +53,8 @@ const JOURNAL: &[(&str, &str)] = &[
     ("outbox_next", "uint"),
     ("inbox_first", "uint"),
     ("inbox_next", "uint"),
+    ("storage_error", "string|null"),
+    ("storage_error_ms", "uint|null"),
 ];
 const PEER: &[(&str, &str)] = &[
     ("name", "string"),
@@ -73,6 +75,8 @@ const PEER: &[(&str, &str)] = &[
     ("queued_bytes", "uint"),
     ("oldest_queued_ms", "uint|null"),
     ("reconnects", "uint"),
+    ("msgs_lost", "uint"),
+    ("msgs_lost_since_start", "uint"),
     ("last_error", "string|null"),
     ("last_error_ms", "uint|null"),
 ];

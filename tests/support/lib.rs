@@ -25,6 +25,7 @@ pub use serde_json::Value;
 /// Exit codes of peerctl (README "Exit status").
 pub const EXIT_UNREACHABLE: i32 = 3;
 pub const EXIT_DOWN: i32 = 4;
+pub const EXIT_LOST: i32 = 5;
 
 struct Bins {
     peerd: PathBuf,
@@ -317,7 +318,7 @@ impl Daemon {
                 );
             }
             let out = self.spec.ctl(&["status", "--json"]);
-            if matches!(out.status.code(), Some(0) | Some(EXIT_DOWN)) {
+            if matches!(out.status.code(), Some(0 | EXIT_DOWN | EXIT_LOST)) {
                 return;
             }
             if Instant::now() > deadline {
