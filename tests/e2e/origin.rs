@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use peerlink_e2e::{Daemon, Pair, PlainClient, PlainEvent};
+use peerlink_e2e::{Daemon, Pair, PlainClient, PlainEvent, Sandbox};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -166,4 +166,45 @@ fn web_pages_need_an_allowed_origin_programs_and_peers_need_nothing() {
     assert_eq!(b.peer("a")["connected_since_ms"], since);
     assert_eq!(b.peer("a")["reconnects"], 0);
     assert_eq!(log_lines(&b, "refused a WebSocket upgrade"), 4);
+}
+
+#[test]
+fn a_peer_refused_by_host_says_why_and_allowed_hosts_lets_it_in() {
+    // 2130706433 is 127.0.0.1 written as one number: the resolver takes
+    // it, and it reaches b's loopback listener as a name b does not know.
+    let pair = Pair::new("");
+    let by_name = |extra: &str| {
+        let mut text = Sandbox::config("a", pair.a_port, &[], extra);
+        text.push_str(&format!(
+            "[[peer]]\nname = \"b\"\nurl = \"ws://2130706433:{}/ws\"\n",
+            pair.b_port
+        ));
+        std::fs::write(&pair.a.config, text).expect("a's config");
+    };
+    by_name("");
+    let b = Daemon::start(&pair.b);
+    let a = Daemon::start(&pair.a);
+    a.wait(LONG, "a's status says why b refused", |a| {
+        a.peer("b")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403") && e.contains("allowed_hosts"))
+    });
+    b.wait(LONG, "b logs the Host", |b| {
+        log_lines(b, "Host \"2130706433:") > 0
+    });
+    drop(a);
+
+    // With the name allowed on b, the same dial links up.
+    drop(b);
+    let b_text = std::fs::read_to_string(&pair.b.config).expect("b's config");
+    std::fs::write(
+        &pair.b.config,
+        format!("allowed_hosts = [\"2130706433\"]\n{b_text}"),
+    )
+    .expect("b's config");
+    let b = Daemon::start(&pair.b);
+    let a = Daemon::start(&pair.a);
+    a.wait_connected("b");
+    a.send(&["by name"]);
+    b.wait(LONG, "delivered", |b| b.bodies() == ["by name"]);
 }
