@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use peerlink_e2e::{Daemon, Pair, PlainClient, PlainEvent, Sandbox};
+use peerlink_e2e::{Daemon, Pair, PlainClient, PlainEvent, Sandbox, free_port};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -182,6 +182,14 @@ fn a_peer_refused_by_host_says_why_and_allowed_hosts_lets_it_in() {
         std::fs::write(&pair.a.config, text).expect("a's config");
     };
     by_name("");
+    // b never dials a (nothing listens where it looks): every session is
+    // one that a dialled by name.
+    let nowhere = free_port();
+    std::fs::write(
+        &pair.b.config,
+        Sandbox::config("b", pair.b_port, &[("a", nowhere)], ""),
+    )
+    .expect("b's config");
     let b = Daemon::start(&pair.b);
     let a = Daemon::start(&pair.a);
     a.wait(LONG, "a's status says why b refused", |a| {
