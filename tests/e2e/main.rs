@@ -3,12 +3,14 @@
 
 mod attach;
 mod auth;
+mod browser;
 mod cli;
 mod detach;
 mod durability;
 mod hostile;
 mod install;
 mod link;
+mod origin;
 mod plain;
 mod service;
 mod status;

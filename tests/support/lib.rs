@@ -10,6 +10,7 @@
 //! - Nothing sleeps a fixed time: [`wait_until`] polls a condition until a
 //!   deadline.
 
+pub mod browser;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -576,8 +577,15 @@ pub struct PlainClient {
 impl PlainClient {
     /// Connect to `ws://127.0.0.1:<port>/ws` without a subprotocol.
     pub fn connect(port: u16) -> PlainClient {
+        Self::connect_with(port, &[])
+    }
+
+    /// Connect with extra request headers (e.g. a browser's `Origin`).
+    pub fn connect_with(port: u16, headers: &[(&'static str, &str)]) -> PlainClient {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -588,8 +596,15 @@ impl PlainClient {
                 .await
                 .expect("connect to peerd");
             let local = tcp.local_addr().expect("local addr");
-            let url = format!("ws://127.0.0.1:{port}/ws");
-            let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+            let mut request = format!("ws://127.0.0.1:{port}/ws")
+                .into_client_request()
+                .expect("request");
+            for (k, v) in headers {
+                request
+                    .headers_mut()
+                    .insert(*k, HeaderValue::from_str(v).expect("header value"));
+            }
+            let (ws, _) = tokio_tungstenite::client_async(request, tcp)
                 .await
                 .expect("plain WebSocket upgrade");
             (ws, local)

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::Secret;
 use crate::error::{Error, Result};
+use crate::origin;
 use crate::units::{HumanDuration, Size};
 
 /// How hard the journal pushes data to disk.
@@ -70,6 +71,13 @@ pub struct Config {
     pub secret_file: Option<PathBuf>,
     /// Allow a non-loopback `listen` without a secret (warned at start).
     pub insecure: bool,
+    /// Origins of web pages that may open a WebSocket here, normalised
+    /// (`scheme://host[:port]`); an upgrade with any other `Origin` is
+    /// refused. See [`crate::origin`].
+    pub allowed_origins: Vec<String>,
+    /// Names accepted in `Host` on a loopback listener besides this
+    /// machine's own (loopback addresses, `localhost`), normalised.
+    pub allowed_hosts: Vec<String>,
     /// Certificate files (`[tls]`), resolved against the config's folder.
     pub tls: TlsFiles,
 }
@@ -115,6 +123,8 @@ struct File {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     insecure: Option<bool>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     tls: Option<FileTls>,
 }
 
@@ -292,6 +302,15 @@ impl Config {
                 p.name, p.url
             )));
         }
+        let allowed_origins = normalise_all(
+            "allowed_origins",
+            file.allowed_origins,
+            origin::normalise_origin,
+        )
+        .map_err(err)?;
+        let allowed_hosts =
+            normalise_all("allowed_hosts", file.allowed_hosts, origin::normalise_host)
+                .map_err(err)?;
         let d = |v: Option<HumanDuration>, def: u64| {
             v.map(|h| h.0).unwrap_or(Duration::from_millis(def))
         };
@@ -336,6 +355,8 @@ impl Config {
             secret,
             secret_file,
             insecure: file.insecure.unwrap_or(false),
+            allowed_origins,
+            allowed_hosts,
             tls,
         };
         cfg.check().map_err(err)?;
@@ -353,6 +374,19 @@ impl Config {
     /// `insecure = true`, and warned about at start.
     pub fn insecure_listen(&self) -> bool {
         !self.listen.ip().is_loopback() && self.secret.is_none()
+    }
+
+    /// The `Origin` and `Host` check of the listener: `Host` is checked
+    /// only when `listen` is a loopback address.
+    pub fn gate(&self) -> origin::Gate {
+        origin::Gate {
+            origins: self.allowed_origins.clone(),
+            hosts: self
+                .listen
+                .ip()
+                .is_loopback()
+                .then(|| self.allowed_hosts.clone()),
+        }
     }
 
     fn check(&self) -> std::result::Result<(), String> {
@@ -452,6 +486,14 @@ impl Config {
         if self.insecure {
             let _ = writeln!(s, "insecure = true");
         }
+        let _ = writeln!(s, "allowed_origins = {}", quote_list(&self.allowed_origins));
+        if !self.listen.ip().is_loopback() {
+            let _ = writeln!(
+                s,
+                "# allowed_hosts is not used: Host is checked only on a loopback listen address"
+            );
+        }
+        let _ = writeln!(s, "allowed_hosts = {}", quote_list(&self.allowed_hosts));
         if self.tls != TlsFiles::default() {
             let _ = writeln!(s, "\n[tls]");
             for (k, v) in [
@@ -479,6 +521,29 @@ impl Config {
 /// A TOML string literal.
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// A TOML array of string literals.
+fn quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Normalise each entry of list `key`, naming the key and the entry in
+/// errors; duplicates (after normalising) are dropped.
+fn normalise_all(
+    key: &str,
+    items: Option<Vec<String>>,
+    normalise: fn(&str) -> std::result::Result<String, String>,
+) -> std::result::Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items.unwrap_or_default() {
+        let n = normalise(&item).map_err(|e| format!("{key}: {item:?}: {e}"))?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
 }
 
 /// Read the secret from `path`: a regular file of at most 4 KiB that only
@@ -705,6 +770,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("crt"), "{e}");
+    }
+
+    #[test]
+    fn allowed_origins_and_hosts_are_normalised_and_shown() {
+        let c = Config::parse("a", "", "a.toml").unwrap();
+        assert!(c.allowed_origins.is_empty() && c.allowed_hosts.is_empty());
+        let shown = c.render();
+        assert!(shown.contains("allowed_origins = []\n"), "{shown}");
+        assert!(shown.contains("allowed_hosts = []\n"), "{shown}");
+        assert_eq!(c.gate().hosts, Some(vec![]), "loopback: Host checked");
+
+        let text = r#"
+            allowed_origins = ["HTTP://LocalHost:3000/", "https://app.example:443", "http://localhost:3000"]
+            allowed_hosts = ["Peer-Host."]
+        "#;
+        let c = Config::parse("a", text, "a.toml").unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["http://localhost:3000", "https://app.example"]
+        );
+        assert_eq!(c.allowed_hosts, ["peer-host"]);
+        let shown = c.render();
+        assert!(
+            shown
+                .contains("allowed_origins = [\"http://localhost:3000\", \"https://app.example\"]"),
+            "{shown}"
+        );
+        let again = Config::parse("a", &shown, "rendered").unwrap();
+        assert_eq!(again.allowed_origins, c.allowed_origins);
+        assert_eq!(again.allowed_hosts, c.allowed_hosts);
+
+        // Not on loopback: Host is not checked, and check-config says so.
+        let c = Config::parse(
+            "a",
+            "listen = \"0.0.0.0:8080\"\ninsecure = true\nallowed_hosts = [\"x\"]",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.gate().hosts, None);
+        assert!(c.render().contains("# allowed_hosts is not used"));
+    }
+
+    #[test]
+    fn bad_origins_and_hosts_name_key_entry_and_file() {
+        for (text, needle) in [
+            ("allowed_origins = [\"localhost:3000\"]", "scheme://host"),
+            ("allowed_origins = [\"null\"]", "cannot be allowed"),
+            ("allowed_origins = [\"*\"]", "wildcards"),
+            ("allowed_origins = [\"http://x.example/app\"]", "no path"),
+            ("allowed_origins = \"http://x.example\"", "allowed_origins"),
+            ("allowed_hosts = [\"peer-host:8081\"]", "without a port"),
+            ("allowed_hosts = [\"a b\"]", "host name"),
+        ] {
+            let e = Config::parse("a", text, "/etc/peerd/a.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/etc/peerd/a.toml"), "{text}: {e}");
+            assert!(e.contains(needle), "{text}: {e}");
+            let key = if text.starts_with("allowed_origins") {
+                "allowed_origins"
+            } else {
+                "allowed_hosts"
+            };
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub async fn dial(
     let (mut ws, response) =
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config(cfg)))
             .await
-            .map_err(|e| format!("websocket upgrade at {}: {e}", peer.url))?;
+            .map_err(|e| upgrade_error(&peer.url, e))?;
     let agreed = response
         .headers()
         .get("Sec-WebSocket-Protocol")
@@ -83,7 +83,7 @@ pub async fn dial(
         .await
         .map_err(|e| match e {
             HandshakeError::Auth(_) => format!("{} ({remote}): {e}", peer.name),
-            HandshakeError::Protocol(e) => e,
+            HandshakeError::Protocol(e) | HandshakeError::Forbidden(e) => e,
         })?;
     Ok(Established {
         ws,
@@ -93,4 +93,28 @@ pub async fn dial(
         remote,
         local,
     })
+}
+
+/// A refused upgrade, with the listener's reason when it gave one (a 403
+/// body says which header it refused and which key allows it).
+fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    let reason = match &e {
+        Error::Http(resp) => resp
+            .body()
+            .as_deref()
+            .map(|b| {
+                String::from_utf8_lossy(b)
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            })
+            .filter(|b| !b.is_empty()),
+        _ => None,
+    };
+    match reason {
+        Some(r) => format!("websocket upgrade at {url}: {e}: {r}"),
+        None => format!("websocket upgrade at {url}: {e}"),
+    }
 }

@@ -27,6 +27,9 @@ use crate::wire::{self, CLOSE_AUTH, CLOSE_PROTOCOL, Hello, PeerFrame, WIRE_VERSI
 pub enum HandshakeError {
     /// A wrong or missing proof, or a secret on only one side.
     Auth(String),
+    /// An upgrade refused with 403 before any WebSocket traffic: a web
+    /// page's `Origin` or a foreign `Host` (see [`crate::origin`]).
+    Forbidden(String),
     /// Anything else: version, unknown node, garbage, closed connection.
     Protocol(String),
 }
@@ -35,6 +38,7 @@ impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HandshakeError::Auth(e) => write!(f, "authentication failed: {e}"),
+            HandshakeError::Forbidden(e) => f.write_str(e),
             HandshakeError::Protocol(e) => f.write_str(e),
         }
     }

@@ -20,6 +20,7 @@
 //! | `tls`       | TLS for the listener and the dialler (rustls)            |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
+//! | `origin`    | which web pages may connect (`Origin`, `Host` checks)    |
 //! | `plain`     | plain WebSocket clients (no `peerlink.v1`, SPEC §7)      |
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
@@ -38,6 +39,7 @@ pub mod handshake;
 pub mod journal;
 pub mod link;
 pub mod listener;
+pub mod origin;
 pub mod plain;
 pub mod server;
 pub mod service;

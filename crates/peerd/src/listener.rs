@@ -8,6 +8,9 @@
 //! `peerlink.v1` is a plain WebSocket client: it is handed to
 //! [`crate::plain`] when plain clients are allowed (no secret, or
 //! `plain_clients = true`), and closed with a reason when they are not.
+//! Before any of that, an upgrade from a web page whose origin is not
+//! allowed, or one naming a foreign `Host` on a loopback listener, gets a
+//! 403 and one log line ([`crate::origin`]): peers and plain clients alike.
 //!
 //! Every connection is bounded before it costs anything: at most
 //! `max_pending_handshakes` handshakes at once (a permit is taken before
@@ -96,6 +99,7 @@ pub async fn run(
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
                 Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
+                Ok(Err(HandshakeError::Forbidden(e))) => tracing::warn!(%remote, "{e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(Accepted::Peer(est))) => {
                     if let Some(link) = ctx.links.get(&est.hello.node) {
@@ -126,6 +130,22 @@ enum Accepted {
     Plain(Ws),
 }
 
+/// The 403 of a refused web page: a plain-text reason, and the
+/// connection closed after it.
+fn forbidden_response(body: String) -> ErrorResponse {
+    let len = body.len();
+    let mut e = ErrorResponse::new(Some(body));
+    *e.status_mut() = StatusCode::FORBIDDEN;
+    let headers = e.headers_mut();
+    headers.insert(
+        "Content-Type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("Content-Length", HeaderValue::from(len));
+    headers.insert("Connection", HeaderValue::from_static("close"));
+    e
+}
+
 /// Upgrade and handshake one connection.
 #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
 async fn accept(
@@ -137,8 +157,15 @@ async fn accept(
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let io = ctx.tls.accept(tcp).await?;
     let path = ctx.cfg.path.clone();
+    let gate = ctx.cfg.gate();
     let mut wants_peer = false;
+    let mut forbidden = None;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let header = |name| req.headers().get(name).map(HeaderValue::as_bytes);
+        if let Err(refusal) = gate.check(header("Origin"), header("Host")) {
+            forbidden = Some(refusal.log);
+            return Err(forbidden_response(refusal.body));
+        }
         if req.uri().path() != path {
             let mut e =
                 ErrorResponse::new(Some(format!("no WebSocket endpoint here; use {path}\n")));
@@ -161,10 +188,13 @@ async fn accept(
         }
         Ok(resp)
     };
-    let mut ws =
+    let upgraded =
         tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(ws_config(&ctx.cfg)))
-            .await
-            .map_err(|e| format!("websocket upgrade: {e}"))?;
+            .await;
+    if let Some(why) = forbidden {
+        return Err(HandshakeError::Forbidden(why));
+    }
+    let mut ws = upgraded.map_err(|e| format!("websocket upgrade: {e}"))?;
     if !wants_peer {
         if !ctx.cfg.plain_clients_allowed() {
             handshake::refuse(
