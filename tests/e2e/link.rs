@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use peerlink_e2e::{Daemon, Follower, Pair};
+use peerlink_e2e::{Daemon, Follower, Pair, Sandbox, free_port};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -258,4 +258,61 @@ fn with_two_peers_every_message_reaches_both_and_waits_for_the_slower() {
         a.peer("b")["queued_msgs"] == 0 && a.peer("c")["queued_msgs"] == 0
     });
     assert!(a.ctl(&["status"]).status.success(), "all links up: exit 0");
+}
+
+#[test]
+fn a_saturated_slow_link_is_not_declared_dead() {
+    use peerlink_e2e::proxy::{Faults, Proxy};
+    // 256 KiB/s each way: a 256 KiB batch takes a second to arrive, more
+    // than dead_after, and pings queue behind it. Bytes keep arriving, so
+    // the session must live.
+    const RATE: u64 = 256 << 10;
+    let sb = Sandbox::new();
+    let (pa, pb) = (free_port(), free_port());
+    let to_b = Proxy::start(pb, 1, Faults::slow(RATE));
+    let to_a = Proxy::start(pa, 2, Faults::slow(RATE));
+    let cfg = |port: u16, peer: &str, peer_port: u16| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nheartbeat = \"150ms\"\ndead_after = \"600ms\"\n\
+             handshake_timeout = \"5s\"\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n\
+             max_message = \"1MiB\"\n\
+             [[peer]]\nname = \"{peer}\"\nurl = \"ws://127.0.0.1:{peer_port}/ws\"\n"
+        )
+    };
+    let a = Daemon::start(&sb.spec("a", &cfg(pa, "b", to_b.port)));
+    let b = Daemon::start(&sb.spec("b", &cfg(pb, "a", to_a.port)));
+    a.wait_connected("b");
+    b.wait_connected("a");
+    // 24 messages of 64 KiB: about 6 s of saturated link, 10x dead_after.
+    let body = "s".repeat(64 << 10);
+    let input: String = (0..24).map(|i| format!("{i:02}{body}\n")).collect();
+    let started = std::time::Instant::now();
+    assert!(a.send_stdin(&input).status.success());
+    b.wait(Duration::from_secs(60), "b receives all 24", |b| {
+        b.status()["journal"]["inbox_next"] == 25
+    });
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "the link was not slow: {took:?}"
+    );
+    for (d, p) in [(&a, "b"), (&b, "a")] {
+        assert_eq!(
+            d.peer(p)["reconnects"],
+            0,
+            "{} reconnected over a slow link:\n{}",
+            d.spec.name,
+            d.spec.log()
+        );
+    }
+    assert!(
+        !a.spec.log().contains("nothing received"),
+        "{}",
+        a.spec.log()
+    );
+    assert!(
+        !b.spec.log().contains("nothing received"),
+        "{}",
+        b.spec.log()
+    );
 }

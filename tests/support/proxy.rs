@@ -23,6 +23,20 @@ use rand::{Rng, SeedableRng};
 pub struct Faults {
     pub bytes: (u64, u64),
     pub millis: (u64, u64),
+    /// Forward at most this many bytes per second each way (a slow link);
+    /// `None`: as fast as it goes.
+    pub rate: Option<u64>,
+}
+
+impl Faults {
+    /// No cuts, only a slow link of `bytes_per_sec` each way.
+    pub fn slow(bytes_per_sec: u64) -> Faults {
+        Faults {
+            bytes: (u64::MAX, u64::MAX),
+            millis: (u64::MAX / 4, u64::MAX / 4),
+            rate: Some(bytes_per_sec),
+        }
+    }
 }
 
 impl Default for Faults {
@@ -32,6 +46,7 @@ impl Default for Faults {
             // sometimes less, so frames are cut in the middle.
             bytes: (4 << 10, 768 << 10),
             millis: (20, 200),
+            rate: None,
         }
     }
 }
@@ -127,7 +142,9 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
             client,
             server,
             budget: AtomicU64::new(bytes),
-            deadline: Instant::now() + Duration::from_millis(millis),
+            deadline: Instant::now()
+                .checked_add(Duration::from_millis(millis))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
             cut: AtomicBool::new(false),
         });
         for up in [true, false] {
@@ -170,7 +187,16 @@ fn pump(conn: &Conn, shared: &Shared, up: bool) {
     };
     let _ = from.set_read_timeout(Some(Duration::from_millis(10)));
     let mut buf = vec![0u8; 16 << 10];
+    let (started, mut forwarded) = (Instant::now(), 0u64);
     loop {
+        if let Some(rate) = shared.faults.rate {
+            // A token bucket of one: wait until what went through fits
+            // the rate (this is the link being slow, not a test waiting).
+            let due = Duration::from_secs_f64(forwarded as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let cutting = shared.cutting.load(Ordering::SeqCst);
         if conn.cut.load(Ordering::SeqCst) || shared.stop.load(Ordering::SeqCst) {
             conn.close();
@@ -211,6 +237,7 @@ fn pump(conn: &Conn, shared: &Shared, up: bool) {
             conn.close();
             return;
         }
+        forwarded += n;
         if spent {
             conn.cut(shared);
             return;

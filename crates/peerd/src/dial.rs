@@ -12,7 +12,7 @@ use crate::config::{Config, Peer};
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::tls::Tls;
-use crate::transport::{Io, ws_config};
+use crate::transport::{Io, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
 /// Dial `peer` and complete the handshake; the caller bounds the time.
@@ -50,6 +50,7 @@ pub async fn dial(
     } else {
         Box::new(tcp)
     };
+    let (io, liveness) = watched(io);
     let (mut ws, response) =
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config(cfg)))
             .await
@@ -87,6 +88,7 @@ pub async fn dial(
         })?;
     Ok(Established {
         ws,
+        liveness,
         hello,
         dialled_by: cfg.node.clone(),
         direction: Direction::Outbound,

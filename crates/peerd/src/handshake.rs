@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::auth::{self, Role, Transcript};
 use crate::config::Config;
 use crate::journal::Journal;
-use crate::transport::{Ws, max_frame};
+use crate::transport::{Liveness, Ws, max_frame};
 use crate::wire::{self, CLOSE_AUTH, CLOSE_PROTOCOL, Hello, PeerFrame, WIRE_VERSION};
 
 /// Why a handshake did not complete. Authentication failures are told
@@ -53,6 +53,8 @@ impl From<String> for HandshakeError {
 /// A session whose handshake is complete, on its way to its link task.
 pub struct Established {
     pub ws: Ws,
+    /// When bytes last arrived on its connection.
+    pub liveness: Liveness,
     /// The peer's Hello.
     pub hello: Hello,
     /// Who dialled: decides collisions.

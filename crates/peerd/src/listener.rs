@@ -37,7 +37,7 @@ use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
 use crate::tls::Tls;
-use crate::transport::{Ws, ws_config};
+use crate::transport::{Ws, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
 /// What the listener needs to hand sessions on.
@@ -155,7 +155,7 @@ async fn accept(
 ) -> Result<Accepted, HandshakeError> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
-    let io = ctx.tls.accept(tcp).await?;
+    let (io, liveness) = watched(ctx.tls.accept(tcp).await?);
     let path = ctx.cfg.path.clone();
     let gate = ctx.cfg.gate();
     let mut wants_peer = false;
@@ -229,6 +229,7 @@ async fn accept(
     handshake::authenticate_listener(&mut ws, &ctx.cfg, &t).await?;
     Ok(Accepted::Peer(Established {
         ws,
+        liveness,
         dialled_by: hello.node.clone(),
         hello,
         direction: Direction::Inbound,

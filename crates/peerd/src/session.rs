@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::handshake::Established;
 use crate::journal::{Journal, JournalError};
 use crate::status::PeerBoard;
-use crate::transport::Ws;
+use crate::transport::{Liveness, Ws};
 use crate::wire::{
     BATCH_TARGET, CLOSE_DUPLICATE, CLOSE_STORAGE, FRAME_OVERHEAD, PeerFrame, Record,
 };
@@ -115,7 +115,10 @@ impl Session {
         let (acked_tx, acked_rx) = watch::channel(start);
         let duplicate = AtomicBool::new(false);
         let (failed_tx, failed_rx) = oneshot::channel();
-        let receive = self.receive(stream, peer_epoch, budget, pending_tx, acked_tx, &duplicate);
+        let live = est.liveness.clone();
+        let receive = self.receive(
+            stream, &live, peer_epoch, budget, pending_tx, acked_tx, &duplicate,
+        );
         tokio::pin!(receive);
         let send = self.send(
             sink,
@@ -148,9 +151,11 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
         mut stream: SplitStream<Ws>,
+        live: &Liveness,
         peer_epoch: u64,
         budget: Arc<Semaphore>,
         pending: mpsc::UnboundedSender<Pending>,
@@ -159,16 +164,24 @@ impl Session {
     ) -> Result<(), String> {
         let dead_after = self.cfg.dead_after;
         loop {
-            let msg = match tokio::time::timeout(dead_after, stream.next()).await {
-                Err(_) => {
+            // Alive while bytes arrive (see `transport::Liveness`), whole
+            // messages or not.
+            let next = loop {
+                let idle = live.idle();
+                if idle >= dead_after {
                     return Err(format!(
                         "nothing received for {}",
                         humantime::format_duration(dead_after)
                     ));
                 }
-                Ok(None) => return Err("connection closed".into()),
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(Some(Ok(m))) => m,
+                if let Ok(next) = tokio::time::timeout(dead_after - idle, stream.next()).await {
+                    break next;
+                }
+            };
+            let msg = match next {
+                None => return Err("connection closed".into()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(m)) => m,
             };
             let mut lost = None;
             match msg {

@@ -2,7 +2,13 @@
 //! directions share. Dialled and accepted connections (plain TCP now, TLS
 //! later) are boxed into one type so the session code has one path.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -27,4 +33,76 @@ pub fn ws_config(cfg: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
+}
+
+/// When bytes last arrived on a connection. A session is alive while bytes
+/// arrive, not only while whole WebSocket messages do: over a slow link a
+/// 256 KiB batch can take longer than `dead_after` to arrive, and the
+/// pings behind it longer still, yet the link is working.
+#[derive(Clone, Debug)]
+pub struct Liveness(Arc<AtomicU64>);
+
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Liveness {
+    /// How long since the last byte arrived.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Wrap a connection so its reads are seen by the returned [`Liveness`].
+pub fn watched(inner: Box<dyn Io>) -> (Box<dyn Io>, Liveness) {
+    let seen = Arc::new(AtomicU64::new(clock_ms()));
+    let live = Liveness(seen.clone());
+    (Box::new(Watched { inner, seen }), live)
+}
+
+struct Watched {
+    inner: Box<dyn Io>,
+    seen: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.seen.store(clock_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
