@@ -3,7 +3,8 @@ CARGO ?= cargo
 # Where `make man` and `make completions` write (and `make install` reads).
 GEN_DIR ?= target
 
-.PHONY: all build demo test lint clean bench release install uninstall verify-units man completions
+.PHONY: all build demo test lint clean bench release install uninstall verify-units man completions \
+	deb test-hosts
 
 all: build
 
@@ -92,6 +93,12 @@ install:
 	  echo "installed; next (as root): systemd-sysusers && systemctl daemon-reload"; \
 	fi
 
+## deb: a Debian package (target/debian/peerlink_<version>-1_<arch>.deb)
+## of what `make install PREFIX=/usr` installs, whose postinst creates the
+## peerd user (packaging/deb). Needs dpkg-deb and objdump.
+deb: release
+	sh packaging/deb/build.sh target/debian
+
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
@@ -113,6 +120,13 @@ verify-units: build man completions
 	mkdir -p "$$tmp/root/etc" && \
 	out=$$(systemd-sysusers --root="$$tmp/root" --dry-run "$$PWD/systemd/peerd.sysusers" 2>&1) || { echo "$$out"; echo "verify-units: bad sysusers file"; exit 1; }; \
 	echo "verify-units: ok"
+
+## test-hosts: README "Running as a service", run as written on two
+## Debian hosts booted with systemd (containers on a veth pair), then
+## reboots, kill -9 and a wrong secret (tests/hosts). Needs root,
+## systemd-container and mmdebstrap; says SKIPPED where it cannot run.
+test-hosts:
+	bash tests/hosts/run.sh
 
 ## bench: release build, then throughput/latency/memory of real daemons
 ## against the bare WebSocket ceiling (SPEC §10). Results in

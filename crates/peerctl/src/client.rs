@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use peerlink::control::{MAX_FRAME, PROTOCOL_VERSION, Request, Response};
 use peerlink::endpoint::{self, RecvHalf, SendHalf};
 use peerlink::frame::{self, FrameError, Reader, Writer};
-use peerlink::paths::{self, Env};
+use peerlink::paths::{self, Env, Probe};
 
 use crate::error::CtlError;
 
@@ -21,12 +21,18 @@ impl Target {
     /// Resolve `-i` and `--socket` by the shared path rule. Without an
     /// instance: the only running one, else `a`.
     pub fn resolve(instance: Option<&str>, socket: Option<&Path>) -> Result<Target, CtlError> {
-        let env = Env::current();
+        Target::resolve_in(instance, socket, &Env::current())
+    }
+
+    /// [`Target::resolve`] in a given environment (tests).
+    pub fn resolve_in(
+        instance: Option<&str>,
+        socket: Option<&Path>,
+        env: &Env,
+    ) -> Result<Target, CtlError> {
         let instance = match instance {
             Some(i) => i.to_string(),
-            None if socket.is_none() => running_instances(&env)
-                .pop()
-                .unwrap_or_else(|| "a".to_string()),
+            None if socket.is_none() => only_running(env).unwrap_or_else(|| "a".to_string()),
             None => "a".to_string(),
         };
         if !peerlink::valid_instance_name(&instance) {
@@ -34,16 +40,11 @@ impl Target {
                 "invalid instance name {instance:?}"
             )));
         }
-        let mut path = paths::socket_path(&instance, socket, &env);
         // A user running peerctl against a system service: its socket is
         // under /run/peerd even though ours would be elsewhere.
-        if socket.is_none() && !path.exists() {
-            let system = Path::new("/run/peerd")
-                .join(&instance)
-                .join(paths::SOCKET_FILE);
-            if system.exists() {
-                path = system;
-            }
+        let (path, found) = paths::locate_socket(&instance, socket, env);
+        if found == Probe::Denied {
+            return Err(no_access(&instance, &path));
         }
         Ok(Target {
             instance,
@@ -52,19 +53,25 @@ impl Target {
     }
 }
 
-/// Instances with a socket under the default runtime base, if exactly one.
-fn running_instances(env: &Env) -> Vec<String> {
-    let base = paths::runtime_base(env);
-    let mut found: Vec<String> = std::fs::read_dir(&base)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join(paths::SOCKET_FILE).exists())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| peerlink::valid_instance_name(n))
-        .collect();
-    found.sort();
-    if found.len() == 1 { found } else { Vec::new() }
+/// The one instance running (or hidden from this user) under the search
+/// bases, if there is exactly one.
+fn only_running(env: &Env) -> Option<String> {
+    let mut found = paths::running_instances(env);
+    (found.len() == 1).then(|| found.remove(0).name)
+}
+
+/// The error for a socket this user may not reach: which group gives
+/// access (the one owning its runtime directory) and how to join it.
+pub fn no_access(instance: &str, socket: &Path) -> CtlError {
+    let dir = socket.parent().unwrap_or(socket);
+    let group = paths::owner_group(dir)
+        .or_else(|| paths::owner_group(socket))
+        .unwrap_or_else(|| "peerd".to_string());
+    CtlError::NoAccess {
+        instance: instance.to_string(),
+        path: dir.to_path_buf(),
+        group,
+    }
 }
 
 /// A connection to the daemon, past the Hello.
@@ -79,7 +86,9 @@ pub struct Client {
 impl Client {
     pub async fn connect(target: &Target) -> Result<Client, CtlError> {
         let stream = endpoint::connect(&target.socket).await.map_err(|e| {
-            if endpoint::is_not_running(&e) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                no_access(&target.instance, &target.socket)
+            } else if endpoint::is_not_running(&e) {
                 CtlError::NotRunning {
                     instance: target.instance.clone(),
                     path: target.socket.clone(),
@@ -151,5 +160,115 @@ fn map_frame(e: FrameError) -> CtlError {
         // never the harmless closed stdout that `main` treats as success.
         FrameError::Io(e) => CtlError::Protocol(format!("connection lost: {e}")),
         other => CtlError::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake `/run/peerd` holding `instance`'s socket (a plain file: the
+    /// discovery only looks, it never connects).
+    fn system_base(instances: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in instances {
+            std::fs::create_dir(dir.path().join(i)).unwrap();
+            std::fs::write(dir.path().join(i).join(paths::SOCKET_FILE), b"").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn users_find_the_system_service() {
+        let base = system_base(&["b"]);
+        let own = tempfile::tempdir().unwrap();
+        let env = Env::fake(1000, &[("XDG_RUNTIME_DIR", own.path().to_str().unwrap())])
+            .with_system_base(base.path());
+        // no -i: the only running instance, under /run/peerd
+        let t = Target::resolve_in(None, None, &env).unwrap();
+        assert_eq!(t.instance, "b");
+        assert_eq!(t.socket, base.path().join("b/control.sock"));
+        // -i a: not running anywhere; the message names this user's path
+        let t = Target::resolve_in(Some("a"), None, &env).unwrap();
+        assert_eq!(t.socket, own.path().join("peerd/a/control.sock"));
+        // the user's own instance comes first
+        std::fs::create_dir_all(own.path().join("peerd/b")).unwrap();
+        std::fs::write(own.path().join("peerd/b/control.sock"), b"").unwrap();
+        let t = Target::resolve_in(None, None, &env).unwrap();
+        assert_eq!(t.socket, own.path().join("peerd/b/control.sock"));
+        // two running: no guess, `a`
+        std::fs::create_dir_all(own.path().join("peerd/c")).unwrap();
+        std::fs::write(own.path().join("peerd/c/control.sock"), b"").unwrap();
+        assert_eq!(Target::resolve_in(None, None, &env).unwrap().instance, "a");
+    }
+
+    /// What a user who may not enter `/run/peerd/a` (mode 0750, not in its
+    /// group) gets, with and without `-i`: how to get access, never "not
+    /// running". Root may enter anything, so as root the check runs in a
+    /// copy of this test binary started as user `nobody`.
+    #[cfg(unix)]
+    #[test]
+    fn unreadable_runtime_dir_says_which_group_to_join() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        const VAR: &str = "PEERCTL_TEST_SYSTEM_BASE";
+        if let Some(base) = std::env::var_os(VAR) {
+            return check_no_access(Path::new(&base));
+        }
+        let base = system_base(&["a"]);
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(base.path(), 0o755);
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            mode(&base.path().join("a"), 0o000);
+            check_no_access(base.path());
+            mode(&base.path().join("a"), 0o750);
+            return;
+        }
+        mode(&base.path().join("a"), 0o750);
+        let bin = tempfile::tempdir().unwrap();
+        mode(bin.path(), 0o755);
+        let exe = bin.path().join("test-bin");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        mode(&exe, 0o755);
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "client::tests::unreadable_runtime_dir_says_which_group_to_join",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(VAR, base.path())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "as nobody: {text}");
+        assert!(text.contains("1 passed"), "the check did not run: {text}");
+    }
+
+    fn check_no_access(base: &Path) {
+        let env = Env::fake(65534, &[]).with_system_base(base);
+        let group = paths::owner_group(&base.join("a")).unwrap();
+        for instance in [None, Some("a")] {
+            let e = Target::resolve_in(instance, None, &env).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, CtlError::NoAccess { .. }), "{msg}");
+            assert_eq!(e.exit_code(), crate::error::EXIT_UNREACHABLE);
+            assert!(
+                msg.contains(&format!("`sudo adduser $USER {group}`")),
+                "{msg}"
+            );
+            assert!(msg.contains("log in again"), "{msg}");
+            assert!(msg.contains(&base.join("a").display().to_string()), "{msg}");
+            assert!(!msg.contains("not running"), "{msg}");
+        }
     }
 }

@@ -20,6 +20,17 @@ pub enum CtlError {
         path.display()
     )]
     NotRunning { instance: String, path: PathBuf },
+    #[error(
+        "no access to peerd instance '{instance}': permission denied on {}, which is for \
+         members of group '{group}'; join it with `sudo adduser $USER {group}`, then log in \
+         again (or run peerctl with sudo)",
+        path.display()
+    )]
+    NoAccess {
+        instance: String,
+        path: PathBuf,
+        group: String,
+    },
     #[error("cannot reach peerd at {}: {source}", path.display())]
     Unreachable {
         path: PathBuf,
@@ -40,7 +51,9 @@ pub enum CtlError {
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::NotRunning { .. } | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CtlError::NotRunning { .. }
+            | CtlError::NoAccess { .. }
+            | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
             CtlError::NotDelivered(_) => EXIT_DOWN,
             CtlError::Usage(_) => EXIT_USAGE,
             _ => EXIT_ERROR,

@@ -546,9 +546,11 @@ fn normalise_all(
     Ok(out)
 }
 
-/// Read the secret from `path`: a regular file of at most 4 KiB that only
-/// its owner may access (like ssh's private keys). Surrounding whitespace
-/// (the trailing newline) is not part of the secret.
+/// Read the secret from `path`: a regular file of at most 4 KiB that is
+/// private enough ([`crate::access::private_enough`]: no access for
+/// others; the group may read it only when it is the daemon's or
+/// `peerd`). Surrounding whitespace (the trailing newline) is not part of
+/// the secret.
 fn read_secret_file(path: &Path) -> std::result::Result<Secret, String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("secret_file {shown}: {e}"))?;
@@ -557,13 +559,13 @@ fn read_secret_file(path: &Path) -> std::result::Result<Secret, String> {
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "secret_file {shown} may be read or changed by group or others (mode {mode:04o}); run `chmod 600 {shown}`"
-            ));
-        }
+        use std::os::unix::fs::MetadataExt;
+        let mode = crate::access::FileMode {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o777,
+        };
+        crate::access::private_enough(mode, &crate::access::trusted_groups(), &shown.to_string())?;
     }
     if meta.len() > MAX_SECRET_FILE {
         return Err(format!(
@@ -571,7 +573,17 @@ fn read_secret_file(path: &Path) -> std::result::Result<Secret, String> {
             meta.len()
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("secret_file {shown}: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return format!(
+                "secret_file {shown}: {e}; peerd runs as {}, which must be able to read it \
+                 (for the service: `chown root:peerd {shown} && chmod 640 {shown}`)",
+                crate::access::current_user()
+            );
+        }
+        format!("secret_file {shown}: {e}")
+    })?;
     Secret::new(bytes.trim_ascii()).map_err(|e| format!("secret_file {shown}: {e}"))
 }
 
@@ -720,7 +732,7 @@ mod tests {
         let e = Config::parse("a", "secret_file = \"secret\"", &source)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("chmod 600") && e.contains("0644"), "{e}");
+        assert!(e.contains("chmod 640") && e.contains("0644"), "{e}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse("a", "secret_file = \"secret\"", &source).unwrap();
         // The newline is not part of the secret.

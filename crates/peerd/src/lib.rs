@@ -17,6 +17,7 @@
 //! | `wire`      | the peer protocol (frames, version, limits)              |
 //! | `handshake` | the Hello exchange and the mutual authentication         |
 //! | `auth`      | the pre-shared secret and its HMAC proofs                |
+//! | `access`    | who may read the secret and the files the service reads  |
 //! | `tls`       | TLS for the listener and the dialler (rustls)            |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
@@ -28,6 +29,7 @@
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
+pub mod access;
 pub mod auth;
 pub mod backoff;
 pub mod cli;

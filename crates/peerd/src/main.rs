@@ -44,6 +44,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let cfg = Config::load(instance, cli.config.as_deref())?;
         peerd::tls::Tls::load(&cfg)?;
         print!("{}", cfg.render());
+        for w in peerd::access::service_user_warnings(&cfg) {
+            eprintln!("peerd: warning: {w}");
+        }
         return Ok(());
     }
     if let Some(Command::Journal(cmd)) = &cli.command {

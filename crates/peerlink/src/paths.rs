@@ -15,6 +15,12 @@
 //!
 //! The environment is passed in ([`Env`]) so the rule is testable without
 //! touching the process environment.
+//!
+//! `peerctl` run by a user (not root) also looks under `/run/peerd`, where
+//! the system service keeps its sockets ([`locate_socket`],
+//! [`running_instances`]): members of the `peerd` group may use them, and
+//! for anyone else the directory is unreadable, which is reported as
+//! [`Probe::Denied`] (who to ask for access), never as "not running".
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,7 +39,14 @@ pub struct Env {
     vars: HashMap<String, OsString>,
     /// Effective user id (0 = root); always 0 off Unix, where it is unused.
     pub uid: u32,
+    /// Where the system service's instances keep their runtime directories
+    /// ([`SYSTEM_RUNTIME_BASE`]; another folder only in tests).
+    pub system_base: PathBuf,
 }
+
+/// Where instances run by root or by systemd (`RuntimeDirectory=peerd/%i`)
+/// keep their runtime directories.
+pub const SYSTEM_RUNTIME_BASE: &str = "/run/peerd";
 
 const VARS: &[&str] = &[
     "PEERD_SOCKET",
@@ -54,6 +67,7 @@ impl Env {
         Self {
             vars,
             uid: current_uid(),
+            system_base: PathBuf::from(SYSTEM_RUNTIME_BASE),
         }
     }
 
@@ -63,7 +77,17 @@ impl Env {
             .iter()
             .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
-        Self { vars, uid }
+        Self {
+            vars,
+            uid,
+            system_base: PathBuf::from(SYSTEM_RUNTIME_BASE),
+        }
+    }
+
+    /// The same, with the system service's runtime base elsewhere (tests).
+    pub fn with_system_base(mut self, base: impl Into<PathBuf>) -> Self {
+        self.system_base = base.into();
+        self
     }
 
     fn get(&self, key: &str) -> Option<PathBuf> {
@@ -108,12 +132,162 @@ pub fn socket_path(instance: &str, explicit: Option<&Path>, env: &Env) -> PathBu
 /// nothing more specific is set: where `peerctl` looks for running ones.
 pub fn runtime_base(env: &Env) -> PathBuf {
     if env.uid == 0 {
-        PathBuf::from("/run/peerd")
+        env.system_base.clone()
     } else if let Some(p) = env.get("XDG_RUNTIME_DIR") {
         p.join("peerd")
     } else {
         PathBuf::from(format!("/tmp/peerd-{}", env.uid))
     }
+}
+
+/// What looking at a path found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// It exists (for a socket: a daemon may be listening on it).
+    Present,
+    /// It does not exist.
+    Absent,
+    /// A folder on the way may not be searched by this user: whether the
+    /// daemon runs is hidden, and connecting would fail the same way.
+    Denied,
+}
+
+/// Look at `path` without following a final symlink.
+pub fn probe(path: &Path) -> Probe {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Probe::Present,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Probe::Denied,
+        Err(_) => Probe::Absent,
+    }
+}
+
+/// The folders under which `peerctl` looks for instances' runtime
+/// directories: this user's [`runtime_base`], then the system service's.
+pub fn search_bases(env: &Env) -> Vec<PathBuf> {
+    let mut bases = vec![runtime_base(env)];
+    if cfg!(unix) && !bases.contains(&env.system_base) {
+        bases.push(env.system_base.clone());
+    }
+    bases
+}
+
+/// The control socket `peerctl` should use for `instance`, and what is
+/// there. An explicit socket (`--socket`, `$PEERD_SOCKET`,
+/// `$RUNTIME_DIRECTORY`) is taken as it is. Otherwise the first of
+/// [`search_bases`] that has the socket wins; failing that, one this user
+/// may not look into (so the error can say how to get access); failing
+/// that, this user's own path ([`socket_path`]), which does not exist.
+pub fn locate_socket(instance: &str, explicit: Option<&Path>, env: &Env) -> (PathBuf, Probe) {
+    let own = socket_path(instance, explicit, env);
+    if explicit.is_some()
+        || cfg!(windows)
+        || env.get("PEERD_SOCKET").is_some()
+        || env.get("RUNTIME_DIRECTORY").is_some()
+    {
+        let found = probe(&own);
+        return (own, found);
+    }
+    let mut denied = None;
+    for base in search_bases(env) {
+        let p = base.join(instance).join(SOCKET_FILE);
+        match probe(&p) {
+            Probe::Present => return (p, Probe::Present),
+            Probe::Denied if denied.is_none() => denied = Some(p),
+            _ => {}
+        }
+    }
+    match denied {
+        Some(p) => (p, Probe::Denied),
+        None => (own, Probe::Absent),
+    }
+}
+
+/// An instance seen under one of the [`search_bases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub name: String,
+    /// Its socket, or the folder this user may not look into.
+    pub socket: PathBuf,
+    /// What is at `socket` ([`Probe::Present`] or [`Probe::Denied`]).
+    pub probe: Probe,
+}
+
+/// Instances that have a socket (or a runtime directory this user may
+/// not look into) under the [`search_bases`], sorted by name, each once
+/// (this user's own first).
+pub fn running_instances(env: &Env) -> Vec<Running> {
+    let mut found: Vec<Running> = Vec::new();
+    for base in search_bases(env) {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        let mut here: Vec<Running> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| crate::valid_instance_name(n))
+            .filter(|n| !found.iter().any(|r| &r.name == n))
+            .filter_map(|name| {
+                let socket = base.join(&name).join(SOCKET_FILE);
+                match probe(&socket) {
+                    Probe::Absent => None,
+                    probe => Some(Running {
+                        name,
+                        socket,
+                        probe,
+                    }),
+                }
+            })
+            .collect();
+        found.append(&mut here);
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+/// The name of the group that owns `path` (for "join group X"), if the
+/// path and the group can be looked up.
+#[cfg(unix)]
+pub fn owner_group(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(path).ok()?.gid();
+    group_name(gid)
+}
+
+#[cfg(not(unix))]
+pub fn owner_group(_path: &Path) -> Option<String> {
+    None
+}
+
+/// The name of group `gid` from the group database.
+#[cfg(unix)]
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: an all-zero `group` is a valid value for getgrgid_r to fill.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut out: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: the pointers are valid for the call, and `buf` outlives
+        // every use of the strings getgrgid_r points into it.
+        let rc = unsafe {
+            libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out)
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || out.is_null() || grp.gr_name.is_null() {
+            return None;
+        }
+        // SAFETY: getgrgid_r succeeded, so gr_name is a NUL-terminated
+        // string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+#[cfg(not(unix))]
+pub fn group_name(_gid: u32) -> Option<String> {
+    None
 }
 
 /// The state directory (journal) of `instance`, or `None` when there is no
