@@ -65,6 +65,14 @@ pub enum Command {
     /// arrivals go to stdout like `tail`, and it exits at the end of input
     /// once the sends are stored.
     Attach,
+    /// Give up on one queued message that a peer cannot take.
+    ///
+    /// When a queued message is larger than the peer's max_message, the
+    /// queue to that peer holds on it (`status` says which one). Raise the
+    /// peer's max_message, or drop that message: it is never sent, the
+    /// peer is told it is lost, both sides log and count it, and the queue
+    /// moves on.
+    Drop(DropArgs),
     /// Print a shell completion script.
     ///
     /// For example `peerctl completions bash >
@@ -106,6 +114,16 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// The peer whose queue holds the message.
+    #[arg(long, value_name = "NAME")]
+    pub peer: String,
+    /// The message's outbox sequence number (as `status` shows it).
+    #[arg(value_name = "SEQ")]
+    pub seq: u64,
 }
 
 #[derive(Debug, Args)]

@@ -146,6 +146,9 @@ struct State {
     storage_error: Option<(String, u64)>,
     /// Per peer: our records below this were reported lost to it.
     lost_told: HashMap<String, u64>,
+    /// Per peer: queued records the operator dropped (`peerctl drop`),
+    /// until the peer acknowledges past them.
+    dropped: HashMap<String, std::collections::BTreeSet<u64>>,
     /// Its position in the outbox's byte stream.
     floor_pos: u64,
     peers: HashMap<String, PeerState>,
@@ -361,6 +364,9 @@ impl Journal {
                     st.dirty = true;
                 }
             }
+            if let Some(d) = st.dropped.get_mut(peer) {
+                d.retain(|s| *s >= next);
+            }
             let floor = floor_of(&self.shared.opts.peers, &st.peers, outbox_next);
             if floor <= st.floor {
                 return;
@@ -438,6 +444,39 @@ impl Journal {
             st.dirty = true;
         }
         new
+    }
+
+    /// Drop queued record `seq` for `peer` (`peerctl drop`): it is never
+    /// sent; the peer is told it is lost instead. Only a record still
+    /// queued for that peer can be dropped.
+    pub fn drop_record(&self, peer: &str, seq: u64) -> Result<(), String> {
+        {
+            let mut st = self.lock();
+            let Some(p) = st.peers.get(peer).copied() else {
+                return Err(format!("no peer {peer:?} in this journal"));
+            };
+            let (first, next) = (p.acked_next.max(st.outbox.first()), st.outbox.next());
+            if seq < first || seq >= next {
+                return Err(format!(
+                    "message {seq} is not queued for {peer} (its queue holds {})",
+                    if first < next {
+                        format!("{first}..{}", next - 1)
+                    } else {
+                        "nothing".into()
+                    }
+                ));
+            }
+            st.dropped.entry(peer.to_string()).or_default().insert(seq);
+            st.dirty = true;
+        }
+        // Wake the peer's session, which may be holding on that record.
+        self.shared.outbox_next.send_modify(|_| {});
+        Ok(())
+    }
+
+    /// Queued records the operator dropped for `peer`.
+    pub fn dropped(&self, peer: &str) -> std::collections::BTreeSet<u64> {
+        self.lock().dropped.get(peer).cloned().unwrap_or_default()
     }
 
     /// What the journal knows about `peer`.

@@ -160,6 +160,10 @@ async fn serve(conn: Stream, ctx: &Control) {
                     return bad_request(&mut writer, e.to_string()).await;
                 }
                 Ok(Some(Request::Send { bodies, wait })) => replies.push_back(Box::pin(send(ctx.journal.clone(), ctx.cfg.max_message, bodies, wait))),
+                Ok(Some(Request::Drop { peer, seq })) => {
+                    let out = drop_record(ctx, peer, seq);
+                    replies.push_back(Box::pin(async move { vec![out] }));
+                }
                 Ok(Some(Request::Status)) => {
                     let status = status(ctx);
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
@@ -263,6 +267,31 @@ async fn send(
             kind: ErrorKind::Internal,
             message: e.to_string(),
         }],
+    }
+}
+
+/// `peerctl drop`: the operator gives up on one queued message for a peer.
+fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
+    if !ctx.cfg.peers.iter().any(|p| p.name == peer) {
+        let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+        return Response::Error {
+            kind: ErrorKind::Rejected,
+            message: format!("no peer {peer:?}; the peers are {}", names.join(", ")),
+        };
+    }
+    match ctx.journal.drop_record(&peer, seq) {
+        Ok(()) => {
+            tracing::warn!(
+                peer = %peer,
+                "the operator dropped queued message {seq} for {peer} (peerctl drop): it will not \
+                 be delivered, and {peer} is told it is lost"
+            );
+            Response::Dropped { peer, seq }
+        }
+        Err(message) => Response::Error {
+            kind: ErrorKind::Rejected,
+            message,
+        },
     }
 }
 

@@ -108,6 +108,8 @@ impl Session {
         let lost_first = (est.hello.expect_epoch == my_epoch && est.hello.expect_next < start)
             .then_some(est.hello.expect_next);
         let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
+        self.board
+            .update(|s| s.peer_max_message = Some(peer_max_frame - FRAME_OVERHEAD));
         let (sink, stream) = est.ws.split();
         let budget = Arc::new(Semaphore::new(PENDING_BYTES as usize));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
@@ -298,6 +300,9 @@ impl Session {
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
         let mut next = start.1;
+        // The record we are holding on (too big for the peer), if any.
+        let mut held: Option<u64> = None;
+        let peer_max_message = peer_max_frame - FRAME_OVERHEAD;
         if start.0 < start.1 {
             let why = "its inbox went back in time (restored from a backup?) past what we kept \
                        after it had acknowledged them";
@@ -343,7 +348,51 @@ impl Session {
                     in_flight_bytes += RECORD_MEMORY;
                     continue;
                 }
-                let records = read.records;
+                let mut records = read.records;
+                // A record the operator dropped, or one the peer cannot
+                // take, stops the batch: what comes before it goes now.
+                let dropped = self.journal.dropped(&self.peer);
+                let stop = records.iter().position(|r| {
+                    dropped.contains(&r.seq) || r.body.len() as u64 > peer_max_message
+                });
+                let stopper = match stop {
+                    Some(0) => records.first(),
+                    Some(i) => {
+                        records.truncate(i);
+                        None
+                    }
+                    None => None,
+                };
+                if let Some(r) = stopper {
+                    let seq = r.seq;
+                    if dropped.contains(&seq) {
+                        let why = "the operator dropped it (`peerctl drop`)";
+                        self.report_lost(&mut sink, my_epoch, (seq, seq + 1), why)
+                            .await?;
+                        next = seq + 1;
+                        in_flight.push_back((seq, RECORD_MEMORY));
+                        in_flight_bytes += RECORD_MEMORY;
+                        continue;
+                    }
+                    if held != Some(seq) {
+                        held = Some(seq);
+                        let why = format!(
+                            "message {seq} ({} bytes) is larger than {}'s max_message ({} \
+                             bytes): raise max_message on {} or drop that message with \
+                             `peerctl drop --peer {} {seq}`",
+                            r.body.len(),
+                            self.peer,
+                            peer_max_message,
+                            self.peer,
+                            self.peer
+                        );
+                        tracing::warn!(peer = %self.peer, "queue held: {why}");
+                        self.board.update(|s| s.held = Some(why));
+                    }
+                    records.clear();
+                } else if held.take().is_some() {
+                    self.board.update(|s| s.held = None);
+                }
                 if let Some(last) = records.last().map(|r| r.seq) {
                     let bytes = body_bytes(&records);
                     let cost = memory_cost(&records);

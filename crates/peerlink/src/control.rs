@@ -60,6 +60,9 @@ pub enum Request {
     Tail { start: TailStart, follow: bool },
     /// The daemon's and its links' state.
     Status,
+    /// Never send queued message `seq` to `peer` (one it cannot take);
+    /// the peer is told it is lost.
+    Drop { peer: String, seq: u64 },
 }
 
 /// Where a `Tail` starts reading the inbox.
@@ -101,6 +104,11 @@ pub enum Response {
         next: u64,
     },
     Status(Box<Status>),
+    /// A `Drop` was done.
+    Dropped {
+        peer: String,
+        seq: u64,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -217,6 +225,12 @@ pub struct PeerStatus {
     /// the journal), and how many of them since this daemon started.
     pub msgs_lost: u64,
     pub msgs_lost_since_start: u64,
+    /// The largest message the peer takes (its `max_message`, from its
+    /// last handshake); `None` until it has connected once.
+    pub peer_max_message: Option<u64>,
+    /// Why the queue to this peer is held (a message it cannot take), and
+    /// how to unblock it.
+    pub held: Option<String>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -245,6 +259,8 @@ impl PeerStatus {
             reconnects: 0,
             msgs_lost: 0,
             msgs_lost_since_start: 0,
+            peer_max_message: None,
+            held: None,
             last_error: None,
             last_error_ms: None,
         }

@@ -58,6 +58,10 @@ pub struct PeerFile {
     /// README "Durability").
     #[serde(default)]
     pub msgs_lost: u64,
+    /// Queued records of ours the operator dropped for this peer
+    /// (`peerctl drop`), not yet reported to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<u64>,
 }
 
 pub fn hex(v: u64) -> String {

@@ -85,7 +85,11 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
     let epoch = state::unhex(&file.epoch, "epoch").map_err(|e| err("bad state in", e))?;
     let mut peers: HashMap<String, PeerState> = HashMap::new();
     let mut counters: HashMap<String, Counters> = HashMap::new();
+    let mut dropped: HashMap<String, std::collections::BTreeSet<u64>> = HashMap::new();
     for (name, p) in &file.peer {
+        if !p.dropped.is_empty() {
+            dropped.insert(name.clone(), p.dropped.iter().copied().collect());
+        }
         let recv_epoch =
             state::unhex(&p.recv_epoch, "recv_epoch").map_err(|e| err("bad state in", e))?;
         peers.insert(
@@ -213,6 +217,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         floor_pos: 0,
         storage_error: None,
         lost_told: HashMap::new(),
+        dropped,
         peers,
         counters,
         dirty: true,
@@ -537,8 +542,8 @@ impl Writer {
                     tracing::error!(
                         peer = %origin,
                         "messages {first}..{} of {origin} (epoch {epoch:016x}) are lost: {origin} \
-                         no longer has them (its journal was repaired, or ours went back in time); \
-                         exactly-once delivery of these {} messages cannot be kept",
+                         says they will never come (dropped or damaged there, or our inbox went \
+                         back in time; see its log); these {} messages are not delivered",
                         next - 1,
                         next - first
                     );
@@ -815,6 +820,11 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
                 msgs_received: c.msgs_received,
                 bytes_received: c.bytes_received,
                 msgs_lost: c.msgs_lost,
+                dropped: st
+                    .dropped
+                    .get(name)
+                    .map(|d| d.iter().copied().collect())
+                    .unwrap_or_default(),
             },
         );
     }
