@@ -9,6 +9,7 @@ mod durability;
 mod hostile;
 mod install;
 mod link;
+mod messages;
 mod plain;
 mod service;
 mod status;

@@ -380,7 +380,7 @@ impl Config {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return Err("backoff_min must be above zero and at most backoff_max".into());
         }
-        if self.max_message == 0 || self.max_message > 64 << 20 {
+        if self.max_message == 0 || self.max_message > peerlink::control::MAX_MESSAGE_LIMIT {
             return Err("max_message must be between 1B and 64MiB".into());
         }
         if self.max_pending_handshakes == 0 {

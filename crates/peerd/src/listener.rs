@@ -134,6 +134,7 @@ async fn accept(
     ctx: &Accepting,
 ) -> Result<Accepted, HandshakeError> {
     let _ = tcp.set_nodelay(true);
+    crate::transport::keepalive(&tcp, &ctx.cfg);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let io = ctx.tls.accept(tcp).await?;
     let path = ctx.cfg.path.clone();
