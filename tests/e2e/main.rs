@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod detach;
 mod durability;
+mod flood;
 mod hostile;
 mod install;
 mod link;

@@ -20,6 +20,7 @@
 //! | `tls`       | TLS for the listener and the dialler (rustls)            |
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
+//! | `admission` | the listener's pending-handshake slots, fair under floods |
 //! | `plain`     | plain WebSocket clients (no `peerlink.v1`, SPEC §7)      |
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
@@ -27,6 +28,7 @@
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod cli;
