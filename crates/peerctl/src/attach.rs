@@ -52,7 +52,12 @@ pub async fn run(target: &Target) -> Result<(), CtlError> {
 /// Stdin lines in, arrivals to stdout.
 async fn piped(sender: Client, tail: Client) -> Result<(), CtlError> {
     let (tx, rx) = mpsc::channel(4);
-    let reader = tokio::spawn(send::read_stdin(tx, Split::Lines));
+    let (max_message, instance) = (sender.max_message, sender.daemon_instance.clone());
+    let reader = tokio::spawn(async move {
+        send::read_stdin(tx, Split::Lines, max_message)
+            .await
+            .map_err(|e| e.explained(&instance))
+    });
     let colour = crate::colour(&std::io::stdout());
     session(rx, sender, tail, &mut Out::Stdout { colour }).await?;
     if reader.is_finished() {

@@ -42,6 +42,12 @@ pub enum Command {
     /// stdin is one (each NUL-terminated record with --null), streamed in
     /// batches. Returns once the messages are stored in the outbox, or with
     /// --wait once the peer has stored them.
+    ///
+    /// A message is 1 byte up to the daemon's max_message. Empty messages
+    /// are never stored: an empty argument is a usage error (nothing is
+    /// sent), a blank stdin line is skipped. A message over max_message is
+    /// refused naming the limit (an argument: nothing is sent; a stdin line:
+    /// the lines before it were sent, nothing after it).
     Send(SendArgs),
     /// Show received messages.
     ///
@@ -96,7 +102,8 @@ pub struct SendArgs {
     /// message may hold newlines (`find -print0 | peerctl send -0`).
     #[arg(short = '0', long)]
     pub null: bool,
-    /// Messages; `-` or none: read lines from stdin.
+    /// Messages (not empty); `-` or none: read lines from stdin, blank ones
+    /// skipped.
     pub messages: Vec<String>,
 }
 

@@ -276,10 +276,15 @@ impl Journal {
     }
 
     /// Append messages to the outbox; resolves once they are durable, with
-    /// their sequence numbers `first..=last`.
-    pub async fn append_outbox(&self, bodies: Vec<Vec<u8>>) -> Result<(u64, u64), JournalError> {
+    /// their sequence numbers `first..=last`. The write is queued when this
+    /// is called, not when the future is first polled, so appends get their
+    /// numbers in the order of the calls (pipelined `send` requests).
+    pub fn append_outbox(
+        &self,
+        bodies: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<(u64, u64), JournalError>> + use<> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Write::Outbox { bodies, reply }, rx).await
+        self.submit(Write::Outbox { bodies, reply }, rx)
     }
 
     /// Store records received from peer `origin` (of its epoch `epoch`),

@@ -10,7 +10,9 @@
 //!
 //! Bounds: at most [`MAX_CLIENTS`] connections at once (more are closed at
 //! once, logged once per episode); the first frame (Hello) must come
-//! within `handshake_timeout`; every frame is at most `MAX_FRAME`; at most
+//! within `handshake_timeout`; a request frame is at most
+//! `control::request_limit(max_message)` (a `Send` of one message of
+//! `max_message`, or a batch), checked before its body is read; at most
 //! [`MAX_PIPELINED`] requests of one client wait for their replies before
 //! its next request is read.
 
@@ -22,7 +24,8 @@ use tokio::sync::Semaphore;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use peerlink::control::{
-    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TailStart,
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TAIL_BATCH_BYTES, TailStart,
+    request_limit,
 };
 use peerlink::endpoint::{RecvHalf, SendHalf};
 use peerlink::frame::{self, FrameError, Reader, Writer};
@@ -100,7 +103,7 @@ type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
-    let mut reader = frame::reader(rx, MAX_FRAME);
+    let mut reader = frame::reader(rx, request_limit(ctx.cfg.max_message));
     let mut writer = frame::writer(tx, MAX_FRAME);
     // Hello first, and soon: a client that connects and says nothing does
     // not get to hold a connection.
@@ -122,6 +125,7 @@ async fn serve(conn: Stream, ctx: &Control) {
                 version: PROTOCOL_VERSION,
                 daemon_version: peerlink::VERSION.to_string(),
                 instance: ctx.cfg.instance.clone(),
+                max_message: ctx.cfg.max_message,
             };
             if frame::send(&mut writer, &hello).await.is_err() {
                 return;
@@ -146,7 +150,7 @@ async fn serve(conn: Stream, ctx: &Control) {
             return bad_request(&mut writer, "the first request must be Hello".into()).await;
         }
         Ok(None) => return,
-        Err(e) => return bad_request(&mut writer, e.to_string()).await,
+        Err(e) => return bad_request(&mut writer, frame_error(ctx, e)).await,
     }
     let mut replies: FuturesOrdered<Replies> = FuturesOrdered::new();
     let mut reading = true;
@@ -157,9 +161,17 @@ async fn serve(conn: Stream, ctx: &Control) {
                 Err(FrameError::Io(_)) => return,
                 Err(e) => {
                     flush_replies(&mut replies, &mut writer).await;
-                    return bad_request(&mut writer, e.to_string()).await;
+                    return bad_request(&mut writer, frame_error(ctx, e)).await;
                 }
-                Ok(Some(Request::Send { bodies, wait })) => replies.push_back(Box::pin(send(ctx.journal.clone(), ctx.cfg.max_message, bodies, wait))),
+                // The append is queued here, in arrival order; only the
+                // wait for its reply is deferred.
+                Ok(Some(Request::Send { bodies, wait })) => {
+                    let (stored, delivered) = send(ctx, bodies, wait);
+                    replies.push_back(stored);
+                    if let Some(d) = delivered {
+                        replies.push_back(d);
+                    }
+                }
                 Ok(Some(Request::Drop { peer, seq })) => {
                     let out = drop_record(ctx, peer, seq);
                     replies.push_back(Box::pin(async move { vec![out] }));
@@ -197,6 +209,19 @@ async fn flush_replies(replies: &mut FuturesOrdered<Replies>, writer: &mut Write
     }
 }
 
+/// What is wrong with a request frame, for the client: an oversized one
+/// names `max_message`, which sets the limit.
+fn frame_error(ctx: &Control, e: FrameError) -> String {
+    match e {
+        FrameError::TooLarge { limit } => format!(
+            "request larger than {limit} bytes, the limit for max_message ({}) of instance {}",
+            crate::units::Size(ctx.cfg.max_message),
+            ctx.cfg.instance
+        ),
+        e => e.to_string(),
+    }
+}
+
 async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
     tracing::info!("control client refused: {message}");
     let _ = frame::send(
@@ -209,65 +234,129 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
     .await;
 }
 
-async fn send(
-    journal: Journal,
-    max_message: u64,
-    bodies: Vec<Vec<u8>>,
-    wait: bool,
-) -> Vec<Response> {
-    if let Some((i, b)) = bodies
-        .iter()
-        .enumerate()
-        .find(|(_, b)| b.len() as u64 > max_message)
-    {
-        let message = format!(
-            "message {} is {} bytes, over max_message ({max_message} bytes); nothing in this batch was queued",
-            i + 1,
-            b.len()
-        );
-        return vec![Response::Error {
+/// Check a `Send` request and queue its append to the journal now, so
+/// pipelined requests get their sequence numbers in arrival order by
+/// construction; the returned future waits for the replies.
+/// Queue one `Send`: the reply once it is stored and, with `wait`, a
+/// second one once every peer has it. `Sent` goes out as soon as the
+/// messages are durable, not with `Delivered`, so a client whose daemon
+/// goes away mid-wait knows they were stored (and will be delivered).
+fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Replies>) {
+    let refused = refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance)
+        .or_else(|| peer_refusal(&bodies, ctx));
+    if let Some(message) = refused {
+        let error = Response::Error {
             kind: ErrorKind::Rejected,
             message,
-        }];
+        };
+        return (Box::pin(async move { vec![error] }), None);
     }
+    let journal = &ctx.journal;
     if bodies.is_empty() {
         let next = *journal.watch_outbox().borrow();
-        return vec![Response::Sent {
-            first: next,
-            last: next - 1,
-        }];
+        return (
+            Box::pin(async move {
+                vec![Response::Sent {
+                    first: next,
+                    last: next - 1,
+                }]
+            }),
+            None,
+        );
     }
     let mut acked = journal.watch_acked();
-    match journal.append_outbox(bodies).await {
-        Ok((first, last)) => {
-            let mut out = vec![Response::Sent { first, last }];
-            if wait {
-                if acked.wait_for(|v| *v > last).await.is_err() {
-                    out.push(Response::Error {
-                        kind: ErrorKind::ShuttingDown,
-                        message: "daemon shutting down".into(),
-                    });
-                } else {
-                    out.push(Response::Delivered { upto: last });
-                }
+    let appended = journal.append_outbox(bodies);
+    let (stored_tx, stored_rx) = tokio::sync::oneshot::channel::<u64>();
+    let delivered: Option<Replies> = wait.then(|| -> Replies {
+        Box::pin(async move {
+            // No `last`: the append failed, and its error was the reply.
+            let Ok(last) = stored_rx.await else {
+                return Vec::new();
+            };
+            if acked.wait_for(|v| *v > last).await.is_err() {
+                vec![Response::Error {
+                    kind: ErrorKind::ShuttingDown,
+                    message: "daemon shutting down".into(),
+                }]
+            } else {
+                vec![Response::Delivered { upto: last }]
             }
-            out
+        })
+    });
+    let stored = Box::pin(async move {
+        match appended.await {
+            Ok((first, last)) => {
+                let _ = stored_tx.send(last);
+                vec![Response::Sent { first, last }]
+            }
+            Err(e @ JournalError::OutboxFull { .. }) => vec![Response::Error {
+                kind: ErrorKind::OutboxFull,
+                message: e.to_string(),
+            }],
+            Err(e @ JournalError::Closed) => vec![Response::Error {
+                kind: ErrorKind::ShuttingDown,
+                message: e.to_string(),
+            }],
+            Err(
+                e
+                @ (JournalError::Storage(_) | JournalError::Corrupt(_) | JournalError::Gap { .. }),
+            ) => vec![Response::Error {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }],
         }
-        Err(e @ JournalError::OutboxFull { .. }) => vec![Response::Error {
-            kind: ErrorKind::OutboxFull,
-            message: e.to_string(),
-        }],
-        Err(e @ JournalError::Closed) => vec![Response::Error {
-            kind: ErrorKind::ShuttingDown,
-            message: e.to_string(),
-        }],
-        Err(
-            e @ (JournalError::Storage(_) | JournalError::Corrupt(_) | JournalError::Gap { .. }),
-        ) => vec![Response::Error {
-            kind: ErrorKind::Internal,
-            message: e.to_string(),
-        }],
-    }
+    });
+    (stored, delivered)
+}
+
+/// A message larger than a peer takes (its `max_message`, learned in the
+/// handshake) is refused here, naming both limits, rather than queued to
+/// hold that peer's queue.
+fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<String> {
+    let biggest = bodies.iter().map(Vec::len).max()? as u64;
+    ctx.boards.iter().find_map(|b| {
+        let s = b.snapshot();
+        let limit = s.peer_max_message?;
+        (biggest > limit).then(|| {
+            format!(
+                "a message of {biggest} bytes is larger than {}'s max_message ({}), though within \
+                 this node's ({}); nothing was queued. Raise max_message on {} or send smaller \
+                 messages",
+                s.name,
+                crate::units::Size(limit),
+                crate::units::Size(ctx.cfg.max_message),
+                s.name
+            )
+        })
+    })
+}
+
+/// Why a batch of bodies is refused whole, if it is: an empty message
+/// (never stored) or one over `max_message`.
+fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<String> {
+    let (i, b) = bodies
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.is_empty() || b.len() as u64 > max_message)?;
+    let which = if bodies.len() > 1 {
+        format!("message {} of this batch", i + 1)
+    } else {
+        "message".to_string()
+    };
+    let why = if b.is_empty() {
+        format!("{which} is empty; empty messages are never stored")
+    } else {
+        format!(
+            "{which} of {} bytes is larger than max_message ({}) of instance {instance}",
+            b.len(),
+            crate::units::Size(max_message)
+        )
+    };
+    Some(if bodies.len() > 1 {
+        format!("{why}; nothing in this batch was queued")
+    } else {
+        why
+    })
 }
 
 /// `peerctl drop`: the operator gives up on one queued message for a peer.
@@ -348,7 +437,7 @@ async fn tail(
     loop {
         let read = match ctx
             .journal
-            .read_inbox(next, TAIL_CHUNK, (MAX_FRAME / 2) as u64)
+            .read_inbox(next, TAIL_CHUNK, TAIL_BATCH_BYTES as u64)
         {
             Ok(r) => r,
             Err(e) => {
@@ -408,5 +497,78 @@ async fn tail(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Options;
+
+    fn control(dir: &std::path::Path, extra: &str) -> Control {
+        let cfg = Config::parse("a", extra, "a.toml").unwrap();
+        let journal = Journal::open(Options {
+            dir: dir.to_path_buf(),
+            peers: vec!["b".into()],
+            outbox_limit_bytes: 1 << 30,
+            outbox_limit_messages: 1 << 20,
+            inbox_retention_bytes: 1 << 30,
+            inbox_retention_age: None,
+            fsync: false,
+            segment_bytes: 1 << 20,
+        })
+        .unwrap();
+        Control {
+            cfg: Arc::new(cfg),
+            journal,
+            boards: Vec::new(),
+            started_ms: 0,
+            listen: String::new(),
+            socket: String::new(),
+            state_dir: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_are_numbered_in_the_order_they_arrive_whichever_reply_is_awaited_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = control(dir.path(), "");
+        let (first, _) = send(&ctx, vec![b"1".to_vec(), b"2".to_vec()], false);
+        let (second, _) = send(&ctx, vec![b"3".to_vec()], false);
+        // The second reply is polled first: the numbers do not follow.
+        assert_eq!(second.await, [Response::Sent { first: 3, last: 3 }]);
+        assert_eq!(first.await, [Response::Sent { first: 1, last: 2 }]);
+        ctx.journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn empty_and_oversized_messages_are_refused_naming_max_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = control(dir.path(), "max_message = \"1KiB\"");
+        let refused = |r: Vec<Response>| match &r[..] {
+            [
+                Response::Error {
+                    kind: ErrorKind::Rejected,
+                    message,
+                },
+            ] => message.clone(),
+            other => panic!("{other:?}"),
+        };
+        let m = refused(send(&ctx, vec![vec![0; 1025]], false).0.await);
+        assert_eq!(
+            m,
+            "message of 1025 bytes is larger than max_message (1KiB) of instance a"
+        );
+        let m = refused(send(&ctx, vec![b"x".to_vec(), Vec::new()], false).0.await);
+        assert_eq!(
+            m,
+            "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"
+        );
+        // Nothing of either was stored; exactly max_message is fine.
+        assert_eq!(
+            send(&ctx, vec![vec![0; 1024]], false).0.await,
+            [Response::Sent { first: 1, last: 1 }]
+        );
+        ctx.journal.close().await;
     }
 }

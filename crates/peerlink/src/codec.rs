@@ -14,9 +14,10 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The largest value any caller may decode: larger than any frame we accept
-/// (the framing layers bound frames well below this), so it only ever bites
-/// on a lying length prefix inside a value.
-pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+/// (a message of the largest `max_message`, 64 MiB, plus at most 1 MiB of
+/// framing; the framing layers bound frames below this), so it only ever
+/// bites on a lying length prefix inside a value.
+pub const DECODE_LIMIT: usize = 80 * 1024 * 1024;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,

@@ -28,22 +28,52 @@
 //! # Limits and trust
 //!
 //! The socket is mode 0600 (0660 under a service manager): whoever can open
-//! it may send and read messages. Even so, every frame is bounded by
-//! [`MAX_FRAME`]; a frame over it, an undecodable frame or an unexpected
-//! request gets an [`Response::Error`] and the connection is closed, while
-//! the daemon and its other clients carry on.
+//! it may send and read messages. Even so, every frame is bounded, and the
+//! length prefix is checked before the body is read: a request by
+//! [`request_limit`] of the daemon's `max_message` (which its Hello states,
+//! so `peerctl` refuses a too-big message itself, naming `max_message`), a
+//! response by [`MAX_FRAME`]. A frame over the limit, an undecodable frame
+//! or an unexpected request gets an [`Response::Error`] and the connection
+//! is closed, while the daemon and its other clients carry on.
+//!
+//! Every message up to `max_message` fits in one frame: a `Send` of one
+//! body, and a `Tail`'s `Entries` (the daemon puts at most
+//! [`TAIL_BATCH_BYTES`] of bodies in one, or a single entry of any size).
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
+/// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
+/// the journal's storage error, loss counters, peer limits and held queues;
+/// `Drop`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest control frame either side sends or accepts.
-pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// The largest `max_message` a daemon may be configured with.
+pub const MAX_MESSAGE_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// How many bytes of bodies `peerctl` puts in one `Send` request, leaving
-/// room in [`MAX_FRAME`] for the framing and per-body overhead.
+/// Room in a frame for everything but message bodies: the frame's value,
+/// and per body its length and (for `Entries`) its fields.
+pub const FRAME_OVERHEAD: usize = 1024 * 1024;
+
+/// How many bytes of bodies `peerctl` puts in one `Send` request (one body
+/// larger than this goes alone).
 pub const SEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many bytes of bodies the daemon puts in one `Entries` reply (one
+/// entry larger than this goes alone).
+pub const TAIL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest control frame either side sends, and the largest response
+/// `peerctl` accepts: one message of the largest `max_message`, or a batch,
+/// plus overhead.
+pub const MAX_FRAME: usize = MAX_MESSAGE_LIMIT as usize + FRAME_OVERHEAD;
+
+/// Largest request a daemon with this `max_message` reads: a `Send` of one
+/// message that size, or a batch of [`SEND_BATCH_BYTES`], plus overhead.
+pub fn request_limit(max_message: u64) -> usize {
+    let max_message = max_message.min(MAX_MESSAGE_LIMIT) as usize;
+    max_message.max(SEND_BATCH_BYTES) + FRAME_OVERHEAD
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +111,8 @@ pub enum Response {
         version: u32,
         daemon_version: String,
         instance: String,
+        /// The daemon's `max_message`: larger messages are refused.
+        max_message: u64,
     },
     /// The bodies of one `Send` are durable with outbox sequence numbers
     /// `first..=last` (`first > last` for an empty request).
@@ -280,6 +312,7 @@ mod tests {
             version: 1,
             daemon_version: "x".into(),
             instance: "a".into(),
+            max_message: 1,
         })
         .unwrap();
         assert_eq!(&bytes[..2], &[0, 1]);
@@ -289,6 +322,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(&bytes[..2], &[0, 1]);
+    }
+
+    #[test]
+    fn every_message_up_to_max_message_fits_a_frame() {
+        for max in [1, 1 << 20, 10 << 20, MAX_MESSAGE_LIMIT] {
+            let send = Request::Send {
+                bodies: vec![vec![0; max as usize]],
+                wait: true,
+            };
+            let len = codec::encode(&send).unwrap().len();
+            assert!(len <= request_limit(max) && len <= MAX_FRAME, "{max}");
+        }
+        // A tail reply: one entry of the largest size, or a batch of small
+        // ones with long origins.
+        let entry = |len: usize| Entry {
+            seq: u64::MAX,
+            received_ms: u64::MAX,
+            sent_ms: u64::MAX,
+            origin: format!("client:[{}]:65535", "ffff:".repeat(7) + "ffff"),
+            origin_seq: u64::MAX,
+            body: vec![0; len],
+        };
+        let one = Response::Entries(vec![entry(MAX_MESSAGE_LIMIT as usize)]);
+        assert!(codec::encode(&one).unwrap().len() <= MAX_FRAME);
+        let many = Response::Entries(vec![entry(TAIL_BATCH_BYTES / 1000); 1000]);
+        assert!(codec::encode(&many).unwrap().len() <= MAX_FRAME);
     }
 
     #[test]

@@ -51,13 +51,14 @@ fn response() -> impl Strategy<Value = Response> {
         Just(ErrorKind::Internal),
     ];
     prop_oneof![
-        (any::<u32>(), ".{0,10}", "[a-z]{1,8}").prop_map(|(version, daemon_version, instance)| {
-            Response::Hello {
+        (any::<u32>(), ".{0,10}", "[a-z]{1,8}", any::<u64>()).prop_map(
+            |(version, daemon_version, instance, max_message)| Response::Hello {
                 version,
                 daemon_version,
                 instance,
+                max_message,
             }
-        }),
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(first, last)| Response::Sent { first, last }),
         any::<u64>().prop_map(|upto| Response::Delivered { upto }),
         prop::collection::vec(entry(), 0..5).prop_map(Response::Entries),
