@@ -36,6 +36,7 @@ pub async fn run(target: &Target) -> Result<(), CtlError> {
     tail.send(&Request::Tail {
         start: TailStart::Last(0),
         follow: true,
+        origin: None,
     })
     .await?;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
@@ -135,7 +136,7 @@ async fn session(
                 Some(mut bodies) => {
                     bodies.retain(|b| !b.is_empty());
                     if !bodies.is_empty() {
-                        sender.send(&Request::Send { bodies, wait: false }).await?;
+                        sender.send(&Request::Send { bodies, wait: false, to: Vec::new() }).await?;
                         outstanding += 1;
                     }
                 }

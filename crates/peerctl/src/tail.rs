@@ -22,6 +22,7 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
         .send(&Request::Tail {
             start,
             follow: args.follow,
+            origin: args.from_peer.clone(),
         })
         .await?;
     let stdout = std::io::stdout();

@@ -165,8 +165,8 @@ async fn serve(conn: Stream, ctx: &Control) {
                 }
                 // The append is queued here, in arrival order; only the
                 // wait for its reply is deferred.
-                Ok(Some(Request::Send { bodies, wait })) => {
-                    let (stored, delivered) = send(ctx, bodies, wait);
+                Ok(Some(Request::Send { bodies, wait, to })) => {
+                    let (stored, delivered) = send(ctx, bodies, wait, to);
                     replies.push_back(stored);
                     if let Some(d) = delivered {
                         replies.push_back(d);
@@ -180,9 +180,9 @@ async fn serve(conn: Stream, ctx: &Control) {
                     let status = status(ctx);
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
                 }
-                Ok(Some(Request::Tail { start, follow })) => {
+                Ok(Some(Request::Tail { start, follow, origin })) => {
                     flush_replies(&mut replies, &mut writer).await;
-                    return tail(ctx, start, follow, reader, writer).await;
+                    return tail(ctx, start, follow, origin, reader, writer).await;
                 }
                 Ok(Some(Request::Hello { .. })) => {
                     flush_replies(&mut replies, &mut writer).await;
@@ -241,9 +241,17 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
 /// second one once every peer has it. `Sent` goes out as soon as the
 /// messages are durable, not with `Delivered`, so a client whose daemon
 /// goes away mid-wait knows they were stored (and will be delivered).
-fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Replies>) {
-    let refused = refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance)
-        .or_else(|| peer_refusal(&bodies, ctx));
+fn send(
+    ctx: &Control,
+    bodies: Vec<Vec<u8>>,
+    wait: bool,
+    mut to: Vec<String>,
+) -> (Replies, Option<Replies>) {
+    to.sort();
+    to.dedup();
+    let refused = unknown_peer(&to, ctx)
+        .or_else(|| refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance))
+        .or_else(|| peer_refusal(&bodies, &to, ctx));
     if let Some(message) = refused {
         let error = Response::Error {
             kind: ErrorKind::Rejected,
@@ -264,8 +272,9 @@ fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Rep
             None,
         );
     }
-    let mut acked = journal.watch_acked();
-    let appended = journal.append_outbox(bodies);
+    let mut acks = journal.watch_acks();
+    let appended = journal.append_outbox(bodies, to.clone());
+    let waiting = journal.clone();
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel::<u64>();
     let delivered: Option<Replies> = wait.then(|| -> Replies {
         Box::pin(async move {
@@ -273,7 +282,11 @@ fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Rep
             let Ok(last) = stored_rx.await else {
                 return Vec::new();
             };
-            if acked.wait_for(|v| *v > last).await.is_err() {
+            if acks
+                .wait_for(|_| waiting.delivered(&to, last))
+                .await
+                .is_err()
+            {
                 vec![Response::Error {
                     kind: ErrorKind::ShuttingDown,
                     message: "daemon shutting down".into(),
@@ -312,10 +325,13 @@ fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Rep
 /// A message larger than a peer takes (its `max_message`, learned in the
 /// handshake) is refused here, naming both limits, rather than queued to
 /// hold that peer's queue.
-fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<String> {
+fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<String> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
     ctx.boards.iter().find_map(|b| {
         let s = b.snapshot();
+        if !to.is_empty() && !to.contains(&s.name) {
+            return None;
+        }
         let limit = s.peer_max_message?;
         (biggest > limit).then(|| {
             format!(
@@ -329,6 +345,29 @@ fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<String> {
             )
         })
     })
+}
+
+/// `send --to` a peer that is not configured: refused, naming the ones
+/// that are.
+fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
+    let unknown: Vec<&str> = to
+        .iter()
+        .filter(|n| !ctx.cfg.peers.iter().any(|p| &&p.name == n))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "no peer named {}; the configured peers are: {}",
+        unknown.join(", "),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
 }
 
 /// Why a batch of bodies is refused whole, if it is: an empty message
@@ -424,14 +463,22 @@ async fn tail(
     ctx: &Control,
     start: TailStart,
     follow: bool,
+    origin: Option<String>,
     mut reader: Reader<RecvHalf>,
     mut writer: Writer<SendHalf>,
 ) {
     let mut watch = ctx.journal.watch_inbox();
     let head = *watch.borrow_and_update();
-    let mut next = match start {
-        TailStart::From(seq) => seq.max(1),
-        TailStart::Last(n) => head.saturating_sub(n).max(1),
+    let mut next = match (start, &origin) {
+        (TailStart::From(seq), _) => seq.max(1),
+        (TailStart::Last(n), None) => head.saturating_sub(n).max(1),
+        (TailStart::Last(n), Some(o)) => {
+            let (journal, o) = (ctx.journal.clone(), o.clone());
+            tokio::task::spawn_blocking(move || journal.last_from(n, &o, head))
+                .await
+                .unwrap_or(Ok(head))
+                .unwrap_or(head)
+        }
     };
     let mut caught_up = false;
     loop {
@@ -468,6 +515,10 @@ async fn tail(
         if read.next > next {
             // (Loss notices and tombstones move `next` without entries.)
             next = read.next;
+            let mut read = read;
+            if let Some(o) = &origin {
+                read.entries.retain(|e| &e.origin == o);
+            }
             if !read.entries.is_empty()
                 && frame::send(&mut writer, &Response::Entries(read.entries))
                     .await
@@ -533,8 +584,8 @@ mod tests {
     async fn sends_are_numbered_in_the_order_they_arrive_whichever_reply_is_awaited_first() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = control(dir.path(), "");
-        let (first, _) = send(&ctx, vec![b"1".to_vec(), b"2".to_vec()], false);
-        let (second, _) = send(&ctx, vec![b"3".to_vec()], false);
+        let (first, _) = send(&ctx, vec![b"1".to_vec(), b"2".to_vec()], false, Vec::new());
+        let (second, _) = send(&ctx, vec![b"3".to_vec()], false, Vec::new());
         // The second reply is polled first: the numbers do not follow.
         assert_eq!(second.await, [Response::Sent { first: 3, last: 3 }]);
         assert_eq!(first.await, [Response::Sent { first: 1, last: 2 }]);
@@ -554,19 +605,23 @@ mod tests {
             ] => message.clone(),
             other => panic!("{other:?}"),
         };
-        let m = refused(send(&ctx, vec![vec![0; 1025]], false).0.await);
+        let m = refused(send(&ctx, vec![vec![0; 1025]], false, Vec::new()).0.await);
         assert_eq!(
             m,
             "message of 1025 bytes is larger than max_message (1KiB) of instance a"
         );
-        let m = refused(send(&ctx, vec![b"x".to_vec(), Vec::new()], false).0.await);
+        let m = refused(
+            send(&ctx, vec![b"x".to_vec(), Vec::new()], false, Vec::new())
+                .0
+                .await,
+        );
         assert_eq!(
             m,
             "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"
         );
         // Nothing of either was stored; exactly max_message is fine.
         assert_eq!(
-            send(&ctx, vec![vec![0; 1024]], false).0.await,
+            send(&ctx, vec![vec![0; 1024]], false, Vec::new()).0.await,
             [Response::Sent { first: 1, last: 1 }]
         );
         ctx.journal.close().await;

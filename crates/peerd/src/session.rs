@@ -93,20 +93,16 @@ impl Session {
         let peer_epoch = est.hello.epoch;
         // Where to resume: the peer told us what it expects next. If it
         // knows our epoch, everything below that is in its inbox already.
-        let start = if est.hello.expect_epoch == my_epoch {
+        let resume = resume(
+            my_epoch,
+            (est.hello.expect_epoch, est.hello.expect_next),
+            self.journal.peer(&self.peer).acked_next,
+            self.journal.outbox_first(),
+        );
+        if est.hello.expect_epoch == my_epoch {
             self.journal.ack(&self.peer, est.hello.expect_next);
-            est.hello.expect_next.max(self.journal.outbox_first())
-        } else {
-            self.journal
-                .peer(&self.peer)
-                .acked_next
-                .max(self.journal.outbox_first())
-        };
-        // The peer expects records our outbox no longer holds: its inbox
-        // went back in time (a restored backup) past what we kept after
-        // its acks. Say so, loudly and once, instead of skipping them.
-        let lost_first = (est.hello.expect_epoch == my_epoch && est.hello.expect_next < start)
-            .then_some(est.hello.expect_next);
+        }
+        let start = resume.from;
         let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
         self.board
             .update(|s| s.peer_max_message = Some(peer_max_frame - FRAME_OVERHEAD));
@@ -124,7 +120,7 @@ impl Session {
         tokio::pin!(receive);
         let send = self.send(
             sink,
-            (lost_first.unwrap_or(start), start),
+            resume,
             peer_epoch,
             peer_max_frame,
             ack_out_rx,
@@ -190,7 +186,12 @@ impl Session {
                 Message::Binary(bytes) => match PeerFrame::decode(&bytes)
                     .map_err(|e| format!("bad frame from peer: {e}"))?
                 {
-                    PeerFrame::Data { epoch, records } => {
+                    PeerFrame::Data {
+                        epoch,
+                        from,
+                        next,
+                        records,
+                    } => {
                         if epoch != peer_epoch {
                             return Err(format!(
                                 "data of epoch {epoch} in a session of epoch {peer_epoch}"
@@ -205,7 +206,15 @@ impl Session {
                             .acquire_many_owned(cost)
                             .await
                             .map_err(|_| "session closing".to_string())?;
-                        let write = self.journal.append_inbox(self.peer.clone(), epoch, records);
+                        if from > next || records.iter().any(|r| r.seq < from || r.seq >= next) {
+                            return Err(format!("bad Data {from}..{next} from peer"));
+                        }
+                        let write = self.journal.append_inbox(
+                            self.peer.clone(),
+                            epoch,
+                            (from, next),
+                            records,
+                        );
                         let _ = pending.send(Box::pin(async move {
                             let stored = write.await;
                             drop(permit);
@@ -277,13 +286,13 @@ impl Session {
         }
     }
 
+    /// `resume`: where the peer stands (and what it expects that we no
+    /// longer hold); see [`Resume`].
     #[allow(clippy::too_many_arguments)]
-    /// `start`: (where the peer expects us to start, where our outbox
-    /// does); they differ only when the records in between are lost.
     async fn send(
         &self,
         mut sink: SplitSink<Ws, Message>,
-        start: (u64, u64),
+        resume: Resume,
         peer_epoch: u64,
         peer_max_frame: u64,
         mut ack_out: watch::Receiver<u64>,
@@ -299,18 +308,22 @@ impl Session {
         // (last seq of a batch, its memory cost) for every unacknowledged batch.
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
-        let mut next = start.1;
+        // Where the peer stands: every record of ours below it that is for
+        // it is in its inbox (as far as what we sent goes).
+        let mut cursor = resume.from;
         // The record we are holding on (too big for the peer), if any.
         let mut held: Option<u64> = None;
         let peer_max_message = peer_max_frame - FRAME_OVERHEAD;
-        if start.0 < start.1 {
+        if let Some((from, to)) = resume.lost {
             let why = "its inbox went back in time (restored from a backup?) past what we kept \
                        after it had acknowledged them";
-            self.report_lost(&mut sink, my_epoch, (start.0, start.1), why)
+            self.report_lost(&mut sink, my_epoch, (from, to), why)
                 .await?;
-            in_flight.push_back((start.1 - 1, RECORD_MEMORY));
+            in_flight.push_back((to - 1, RECORD_MEMORY));
             in_flight_bytes += RECORD_MEMORY;
+            cursor = to;
         }
+        let mut next = cursor.max(resume.read_at);
         loop {
             // A close request wins over more data: under a steady stream
             // the select below is rarely reached, and SIGTERM must still
@@ -334,42 +347,72 @@ impl Session {
             let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
             if window_open {
                 outbox.borrow_and_update();
-                let read = self
-                    .journal
-                    .read_outbox(next, batch_bytes)
-                    .map_err(|e| e.to_string())?;
+                // Reading the disk is blocking work: off the async workers.
+                let (journal, peer) = (self.journal.clone(), self.peer.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    journal.read_outbox(next, batch_bytes, &peer)
+                })
+                .await
+                .map_err(|e| format!("reading the outbox: {e}"))?
+                .map_err(|e| e.to_string())?;
                 if let Some((from, to)) = read.lost {
                     // Tombstones: records `peerd journal repair` dropped.
                     let why = "`peerd journal repair` dropped them from our outbox as damaged";
-                    self.report_lost(&mut sink, my_epoch, (from, to), why)
+                    self.report_lost(&mut sink, my_epoch, (from.max(cursor), to), why)
                         .await?;
-                    next = to;
+                    (cursor, next) = (to, to);
                     in_flight.push_back((to - 1, RECORD_MEMORY));
                     in_flight_bytes += RECORD_MEMORY;
                     continue;
                 }
                 let mut records = read.records;
+                let mut upto = read.next;
                 // A record the operator dropped, or one the peer cannot
                 // take, stops the batch: what comes before it goes now.
                 let dropped = self.journal.dropped(&self.peer);
                 let stop = records.iter().position(|r| {
                     dropped.contains(&r.seq) || r.body.len() as u64 > peer_max_message
                 });
-                let stopper = match stop {
-                    Some(0) => records.first(),
-                    Some(i) => {
-                        records.truncate(i);
-                        None
+                let mut stopper = None;
+                if let Some(i) = stop {
+                    let r = &records[i];
+                    stopper = Some((r.seq, r.body.len()));
+                    upto = r.seq;
+                    records.truncate(i);
+                }
+                if upto > cursor {
+                    // Records for the peer, and the stretch they come from
+                    // (the rest of it is for other peers).
+                    let bytes = body_bytes(&records);
+                    let cost = memory_cost(&records) + RECORD_MEMORY;
+                    let n = records.len() as u64;
+                    send(
+                        &mut sink,
+                        &PeerFrame::Data {
+                            epoch: my_epoch,
+                            from: cursor,
+                            next: upto,
+                            records,
+                        },
+                    )
+                    .await?;
+                    in_flight.push_back((upto - 1, cost));
+                    in_flight_bytes += cost;
+                    (cursor, next) = (upto, upto);
+                    if n > 0 {
+                        self.journal.count_sent(&self.peer, n, bytes);
                     }
-                    None => None,
-                };
-                if let Some(r) = stopper {
-                    let seq = r.seq;
+                    if stopper.is_none() && held.take().is_some() {
+                        self.board.update(|s| s.held = None);
+                    }
+                    continue;
+                }
+                if let Some((seq, len)) = stopper {
                     if dropped.contains(&seq) {
                         let why = "the operator dropped it (`peerctl drop`)";
                         self.report_lost(&mut sink, my_epoch, (seq, seq + 1), why)
                             .await?;
-                        next = seq + 1;
+                        (cursor, next) = (seq + 1, seq + 1);
                         in_flight.push_back((seq, RECORD_MEMORY));
                         in_flight_bytes += RECORD_MEMORY;
                         continue;
@@ -377,39 +420,14 @@ impl Session {
                     if held != Some(seq) {
                         held = Some(seq);
                         let why = format!(
-                            "message {seq} ({} bytes) is larger than {}'s max_message ({} \
+                            "message {seq} ({len} bytes) is larger than {}'s max_message ({} \
                              bytes): raise max_message on {} or drop that message with \
                              `peerctl drop --peer {} {seq}`",
-                            r.body.len(),
-                            self.peer,
-                            peer_max_message,
-                            self.peer,
-                            self.peer
+                            self.peer, peer_max_message, self.peer, self.peer
                         );
                         tracing::warn!(peer = %self.peer, "queue held: {why}");
                         self.board.update(|s| s.held = Some(why));
                     }
-                    records.clear();
-                } else if held.take().is_some() {
-                    self.board.update(|s| s.held = None);
-                }
-                if let Some(last) = records.last().map(|r| r.seq) {
-                    let bytes = body_bytes(&records);
-                    let cost = memory_cost(&records);
-                    let n = records.len() as u64;
-                    next = last + 1;
-                    send(
-                        &mut sink,
-                        &PeerFrame::Data {
-                            epoch: my_epoch,
-                            records,
-                        },
-                    )
-                    .await?;
-                    in_flight.push_back((last, cost));
-                    in_flight_bytes += cost;
-                    self.journal.count_sent(&self.peer, n, bytes);
-                    continue;
                 }
             }
             tokio::select! {
@@ -431,6 +449,45 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Where a session starts sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Where the peer stands: what it expects next from us.
+    pub from: u64,
+    /// Records it expects that are gone here (reported as lost first).
+    pub lost: Option<(u64, u64)>,
+    /// Where our outbox starts (reading starts at `from` or here).
+    pub read_at: u64,
+}
+
+/// Where to resume, from the peer's Hello (`expects`: the epoch and seq
+/// it expects of ours), what the peer had acknowledged before (`acked`)
+/// and where our outbox starts (`first`). Pure, so the cases are tested.
+///
+/// When the peer knows our epoch it stands at what it expects. Records
+/// below our outbox start are deleted; those it had acknowledged and now
+/// expects again are lost to it (its inbox went back in time); any others
+/// were for other peers (a segment is only deleted when every peer with
+/// something queued in it has it). When it does not know our epoch, it
+/// starts over with us from our oldest record it has not acknowledged.
+pub fn resume(my_epoch: u64, expects: (u64, u64), acked: u64, first: u64) -> Resume {
+    let (epoch, next) = expects;
+    if epoch != my_epoch {
+        let from = acked.max(first);
+        return Resume {
+            from,
+            lost: None,
+            read_at: from,
+        };
+    }
+    let lost_end = acked.min(first);
+    Resume {
+        from: next,
+        lost: (next < lost_end).then_some((next, lost_end)),
+        read_at: next.max(first),
     }
 }
 
@@ -558,4 +615,51 @@ fn body_bytes(records: &[Record]) -> u64 {
 fn now_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Resume, resume};
+
+    #[test]
+    fn resume_points() {
+        // A peer that knows our epoch stands where it says.
+        assert_eq!(
+            resume(7, (7, 40), 30, 1),
+            Resume {
+                from: 40,
+                lost: None,
+                read_at: 40
+            }
+        );
+        // Records below our outbox start it never acknowledged were for
+        // other peers: no loss, it just moves past them.
+        assert_eq!(
+            resume(7, (7, 40), 40, 100),
+            Resume {
+                from: 40,
+                lost: None,
+                read_at: 100
+            }
+        );
+        // It acknowledged up to 90 before and now expects 40 again: what
+        // is gone of that is lost to it.
+        assert_eq!(
+            resume(7, (7, 40), 90, 60),
+            Resume {
+                from: 40,
+                lost: Some((40, 60)),
+                read_at: 60
+            }
+        );
+        // A peer that does not know our epoch starts over with us.
+        assert_eq!(
+            resume(7, (3, 5), 30, 10),
+            Resume {
+                from: 30,
+                lost: None,
+                read_at: 30
+            }
+        );
+    }
 }

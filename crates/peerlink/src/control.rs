@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
 /// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
 /// the journal's storage error, loss counters, peer limits and held queues;
-/// `Drop`.
+/// `Drop`; `Send` has `to` and `Tail` `origin`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest `max_message` a daemon may be configured with.
@@ -80,14 +80,20 @@ pub fn request_limit(max_message: u64) -> usize {
 pub enum Request {
     /// Must be first; states the client's protocol version.
     Hello { version: u32, client: String },
-    /// Append these messages to the outbox.
+    /// Append these messages to the outbox, for the peers in `to` (every
+    /// peer when empty).
     Send {
         #[serde(with = "crate::codec::byte_lists")]
         bodies: Vec<Vec<u8>>,
         wait: bool,
+        to: Vec<String>,
     },
-    /// Read the inbox.
-    Tail { start: TailStart, follow: bool },
+    /// Read the inbox (only what came from `origin`, when given).
+    Tail {
+        start: TailStart,
+        follow: bool,
+        origin: Option<String>,
+    },
     /// The daemon's and its links' state.
     Status,
     /// Never send queued message `seq` to `peer` (one it cannot take);
@@ -330,6 +336,7 @@ mod tests {
             let send = Request::Send {
                 bodies: vec![vec![0; max as usize]],
                 wait: true,
+                to: vec!["a-peer-name-of-32-characters-xyz".into(); 16],
             };
             let len = codec::encode(&send).unwrap().len();
             assert!(len <= request_limit(max) && len <= MAX_FRAME, "{max}");
@@ -357,10 +364,12 @@ mod tests {
             Request::Send {
                 bodies: vec![b"hi".to_vec(), vec![]],
                 wait: true,
+                to: vec!["b".into()],
             },
             Request::Tail {
                 start: TailStart::From(3),
                 follow: true,
+                origin: Some("b".into()),
             },
         ] {
             assert_eq!(
