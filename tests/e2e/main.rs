@@ -14,6 +14,7 @@ mod limits;
 mod link;
 mod messages;
 mod origin;
+mod peers;
 mod plain;
 mod service;
 mod status;
