@@ -115,8 +115,21 @@ pub struct Options {
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
-    writes: std_mpsc::Sender<Write>,
+    writes: std_mpsc::Sender<(Write, Option<Slot>)>,
+    /// Places in the writer's queue: every write takes one before it is
+    /// queued (awaiting it is the back-pressure) and gives it back when the
+    /// writer takes the write, so the queue between the async side and the
+    /// writer thread is bounded.
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Writes queued for the writer thread at once, at most.
+const WRITE_SLOTS: usize = 1024;
+
+/// A place in the writer's queue ([`Journal::reserve`]). Taking it is
+/// where a writer waits when the journal is behind; using it queues the
+/// write at once, so writes keep the order of the calls.
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 struct Shared {
     state: Mutex<State>,
@@ -261,7 +274,11 @@ impl Journal {
             .name("peerd-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| JournalError::storage("cannot start the journal thread", e))?;
-        Ok(Journal { shared, writes: tx })
+        Ok(Journal {
+            shared,
+            writes: tx,
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITE_SLOTS)),
+        })
     }
 
     /// This journal's epoch.
@@ -279,12 +296,23 @@ impl Journal {
         lock(&self.shared)
     }
 
+    /// Wait for a place in the writer's queue.
+    pub async fn reserve(&self) -> Slot {
+        match self.slots.clone().acquire_owned().await {
+            Ok(p) => Slot(p),
+            // The semaphore is never closed; if it were, the write would
+            // find the journal closed anyway.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     fn submit<T>(
         &self,
         write: Write,
+        slot: Option<Slot>,
         rx: oneshot::Receiver<Result<T, JournalError>>,
     ) -> impl Future<Output = Result<T, JournalError>> + use<T> {
-        let sent = self.writes.send(write);
+        let sent = self.writes.send((write, slot));
         async move {
             sent.map_err(|_| JournalError::Closed)?;
             rx.await.map_err(|_| JournalError::Closed)?
@@ -298,11 +326,12 @@ impl Journal {
     /// `to`: the peers they are for (`send --to`); empty: every peer.
     pub fn append_outbox(
         &self,
+        slot: Slot,
         bodies: Vec<Vec<u8>>,
         to: Vec<String>,
     ) -> impl Future<Output = Result<(u64, u64), JournalError>> + use<> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Write::Outbox { bodies, to, reply }, rx)
+        self.submit(Write::Outbox { bodies, to, reply }, Some(slot), rx)
     }
 
     /// Store records received from peer `origin` (of its epoch `epoch`),
@@ -312,6 +341,7 @@ impl Journal {
     /// from: the rest of it is for other peers.
     pub fn append_inbox(
         &self,
+        slot: Slot,
         origin: String,
         epoch: u64,
         (from, next): (u64, u64),
@@ -326,7 +356,7 @@ impl Journal {
             records,
             reply,
         };
-        self.submit(write, rx)
+        self.submit(write, Some(slot), rx)
     }
 
     /// Store one message from a local source (a plain WebSocket client);
@@ -338,7 +368,8 @@ impl Journal {
             body,
             reply,
         };
-        self.submit(write, rx).await
+        let slot = self.reserve().await;
+        self.submit(write, Some(slot), rx).await
     }
 
     /// Record that peer `origin`'s records `from..next` of `epoch` are
@@ -346,6 +377,7 @@ impl Journal {
     /// write and counts them lost. Resolves to the ack to send.
     pub fn append_lost(
         &self,
+        slot: Slot,
         origin: String,
         epoch: u64,
         from: u64,
@@ -359,21 +391,21 @@ impl Journal {
             next,
             reply,
         };
-        self.submit(write, rx)
+        self.submit(write, Some(slot), rx)
     }
 
     /// Apply retention, delete segments nobody needs and write the state
     /// file now (the writer also does this every second).
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Write::Checkpoint { reply }, rx).await
+        self.submit(Write::Checkpoint { reply }, None, rx).await
     }
 
     /// Write everything down and stop taking writes (shutdown). Later
     /// writes fail with [`JournalError::Closed`].
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.writes.send(Write::Close { reply }).is_ok() {
+        if self.writes.send((Write::Close { reply }, None)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -631,6 +663,21 @@ impl Journal {
             next,
             entries,
         })
+    }
+
+    /// [`Journal::read_inbox`] on a blocking thread: for the async side
+    /// (`tail`, plain clients), so reading the disk never holds up an async
+    /// worker.
+    pub async fn read_inbox_async(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: u64,
+    ) -> Result<InboxRead, JournalError> {
+        let j = self.clone();
+        tokio::task::spawn_blocking(move || j.read_inbox(from, max_count, max_bytes))
+            .await
+            .map_err(|e| JournalError::Storage(format!("reading the inbox: {e}")))?
     }
 
     /// Where `tail -n N --from-peer ORIGIN` starts: the inbox sequence of

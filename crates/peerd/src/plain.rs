@@ -196,7 +196,7 @@ async fn outbound(
 ) -> Ending {
     loop {
         watch.borrow_and_update();
-        let read = match journal.read_inbox(next, CHUNK, CHUNK_BYTES) {
+        let read = match journal.read_inbox_async(next, CHUNK, CHUNK_BYTES).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("plain client: cannot read the inbox: {e}");

@@ -166,7 +166,10 @@ async fn serve(conn: Stream, ctx: &Control) {
                 // The append is queued here, in arrival order; only the
                 // wait for its reply is deferred.
                 Ok(Some(Request::Send { bodies, wait, to })) => {
-                    let (stored, delivered) = send(ctx, bodies, wait, to);
+                    // A place in the journal's queue first: waiting for it
+                    // is the back-pressure when the disk is behind.
+                    let slot = ctx.journal.reserve().await;
+                    let (stored, delivered) = send(ctx, slot, bodies, wait, to);
                     replies.push_back(stored);
                     if let Some(d) = delivered {
                         replies.push_back(d);
@@ -243,6 +246,7 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
 /// goes away mid-wait knows they were stored (and will be delivered).
 fn send(
     ctx: &Control,
+    slot: crate::journal::Slot,
     bodies: Vec<Vec<u8>>,
     wait: bool,
     mut to: Vec<String>,
@@ -273,7 +277,7 @@ fn send(
         );
     }
     let mut acks = journal.watch_acks();
-    let appended = journal.append_outbox(bodies, to.clone());
+    let appended = journal.append_outbox(slot, bodies, to.clone());
     let waiting = journal.clone();
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel::<u64>();
     let delivered: Option<Replies> = wait.then(|| -> Replies {
@@ -484,7 +488,8 @@ async fn tail(
     loop {
         let read = match ctx
             .journal
-            .read_inbox(next, TAIL_CHUNK, TAIL_BATCH_BYTES as u64)
+            .read_inbox_async(next, TAIL_CHUNK, TAIL_BATCH_BYTES as u64)
+            .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -584,8 +589,20 @@ mod tests {
     async fn sends_are_numbered_in_the_order_they_arrive_whichever_reply_is_awaited_first() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = control(dir.path(), "");
-        let (first, _) = send(&ctx, vec![b"1".to_vec(), b"2".to_vec()], false, Vec::new());
-        let (second, _) = send(&ctx, vec![b"3".to_vec()], false, Vec::new());
+        let (first, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"1".to_vec(), b"2".to_vec()],
+            false,
+            Vec::new(),
+        );
+        let (second, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"3".to_vec()],
+            false,
+            Vec::new(),
+        );
         // The second reply is polled first: the numbers do not follow.
         assert_eq!(second.await, [Response::Sent { first: 3, last: 3 }]);
         assert_eq!(first.await, [Response::Sent { first: 1, last: 2 }]);
@@ -605,15 +622,31 @@ mod tests {
             ] => message.clone(),
             other => panic!("{other:?}"),
         };
-        let m = refused(send(&ctx, vec![vec![0; 1025]], false, Vec::new()).0.await);
+        let m = refused(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1025]],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
+        );
         assert_eq!(
             m,
             "message of 1025 bytes is larger than max_message (1KiB) of instance a"
         );
         let m = refused(
-            send(&ctx, vec![b"x".to_vec(), Vec::new()], false, Vec::new())
-                .0
-                .await,
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![b"x".to_vec(), Vec::new()],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
         );
         assert_eq!(
             m,
@@ -621,7 +654,15 @@ mod tests {
         );
         // Nothing of either was stored; exactly max_message is fine.
         assert_eq!(
-            send(&ctx, vec![vec![0; 1024]], false, Vec::new()).0.await,
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1024]],
+                false,
+                Vec::new()
+            )
+            .0
+            .await,
             [Response::Sent { first: 1, last: 1 }]
         );
         ctx.journal.close().await;

@@ -52,6 +52,10 @@ const WINDOW_BATCHES: usize = 256;
 /// here (and then it is slowed down instead of filling our memory).
 const PENDING_BYTES: u64 = 2 * WINDOW_BYTES;
 
+/// Inbox writes of one session waiting for their acks, at most (the
+/// bytes they hold are bounded by [`PENDING_BYTES`] too).
+const PENDING_WRITES: usize = 2 * WINDOW_BATCHES;
+
 /// How long a session that sent its close frame waits for the answer.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -108,7 +112,7 @@ impl Session {
             .update(|s| s.peer_max_message = Some(peer_max_frame - FRAME_OVERHEAD));
         let (sink, stream) = est.ws.split();
         let budget = Arc::new(Semaphore::new(PENDING_BYTES as usize));
-        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let (pending_tx, pending_rx) = mpsc::channel::<Pending>(PENDING_WRITES);
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
         let duplicate = AtomicBool::new(false);
@@ -156,7 +160,7 @@ impl Session {
         live: &Liveness,
         peer_epoch: u64,
         budget: Arc<Semaphore>,
-        pending: mpsc::UnboundedSender<Pending>,
+        pending: mpsc::Sender<Pending>,
         acked: watch::Sender<u64>,
         duplicate: &AtomicBool,
     ) -> Result<(), String> {
@@ -209,17 +213,21 @@ impl Session {
                         if from > next || records.iter().any(|r| r.seq < from || r.seq >= next) {
                             return Err(format!("bad Data {from}..{next} from peer"));
                         }
+                        let slot = self.journal.reserve().await;
                         let write = self.journal.append_inbox(
+                            slot,
                             self.peer.clone(),
                             epoch,
                             (from, next),
                             records,
                         );
-                        let _ = pending.send(Box::pin(async move {
-                            let stored = write.await;
-                            drop(permit);
-                            stored
-                        }));
+                        let _ = pending
+                            .send(Box::pin(async move {
+                                let stored = write.await;
+                                drop(permit);
+                                stored
+                            }))
+                            .await;
                     }
                     PeerFrame::Lost { epoch, from, next } => {
                         if epoch != peer_epoch || from >= next {
@@ -231,10 +239,11 @@ impl Session {
                         if self.journal.peer(&self.peer).recv_next < next {
                             lost = Some((from, next));
                         }
-                        let write = self
-                            .journal
-                            .append_lost(self.peer.clone(), epoch, from, next);
-                        let _ = pending.send(Box::pin(write));
+                        let slot = self.journal.reserve().await;
+                        let write =
+                            self.journal
+                                .append_lost(slot, self.peer.clone(), epoch, from, next);
+                        let _ = pending.send(Box::pin(write)).await;
                     }
                     PeerFrame::Ack { epoch, next } => {
                         if epoch == self.journal.epoch() {
@@ -560,7 +569,7 @@ fn close_reason_text(why: &str) -> &str {
 /// that fails hands its reason to the send loop, which closes the session
 /// with it; nothing after it is acked.
 async fn acks(
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    mut pending: mpsc::Receiver<Pending>,
     ack_out: watch::Sender<u64>,
     failed: oneshot::Sender<String>,
 ) {

@@ -24,15 +24,17 @@ fn opts(dir: &Path) -> Options {
 
 /// Store `records` from `origin` as a session would: the stretch they
 /// come from is from the first to just past the last.
-fn inbox(
+async fn inbox(
     j: &Journal,
     origin: String,
     epoch: u64,
     records: Vec<Record>,
-) -> impl Future<Output = Result<u64, JournalError>> + use<> {
+) -> Result<u64, JournalError> {
+    let slot = j.reserve().await;
     let from = records.first().map(|r| r.seq).unwrap_or(1);
     let next = records.last().map(|r| r.seq + 1).unwrap_or(from);
-    j.append_inbox(origin, epoch, (from, next), records)
+    j.append_inbox(slot, origin, epoch, (from, next), records)
+        .await
 }
 
 fn rec(seq: u64, body: &str) -> Record {
@@ -81,12 +83,17 @@ async fn outbox_numbers_reads_and_trims_by_ack() {
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert!(j.durable());
     assert_eq!(
-        j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()], vec![])
-            .await,
+        j.append_outbox(
+            j.reserve().await,
+            vec![b"x".to_vec(), b"y".to_vec()],
+            vec![]
+        )
+        .await,
         Ok((1, 2))
     );
     assert_eq!(
-        j.append_outbox(vec![b"z".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"z".to_vec()], vec![])
+            .await,
         Ok((3, 3))
     );
     let got = j.read_outbox(2, 1 << 20, "b").unwrap().records;
@@ -110,7 +117,7 @@ async fn acked_segments_are_deleted_and_numbering_goes_on() {
     o.outbox_limit_messages = 1_000_000;
     let j = Journal::open(o.clone()).unwrap();
     for _ in 0..10 {
-        j.append_outbox(vec![vec![7u8; 100]; 50], vec![])
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 50], vec![])
             .await
             .unwrap();
     }
@@ -124,7 +131,8 @@ async fn acked_segments_are_deleted_and_numbering_goes_on() {
     drop(j);
     let j = Journal::open(o).unwrap();
     assert_eq!(
-        j.append_outbox(vec![b"n".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"n".to_vec()], vec![])
+            .await,
         Ok((501, 501))
     );
     assert_eq!(
@@ -137,8 +145,13 @@ async fn acked_segments_are_deleted_and_numbering_goes_on() {
 async fn outbox_limit_refuses_and_keeps_what_it_has() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
-    j.append_outbox(vec![vec![1]; 5], vec![]).await.unwrap();
-    let e = j.append_outbox(vec![vec![2]], vec![]).await.unwrap_err();
+    j.append_outbox(j.reserve().await, vec![vec![1]; 5], vec![])
+        .await
+        .unwrap();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![2]], vec![])
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, JournalError::OutboxFull { queued_msgs: 5, .. }),
         "{e}"
@@ -151,15 +164,21 @@ async fn outbox_limit_refuses_and_keeps_what_it_has() {
     assert_eq!(j.read_outbox(1, 1 << 20, "b").unwrap().records.len(), 5);
     // Acks make room again; a byte limit works the same way.
     j.ack("b", 3);
-    assert_eq!(j.append_outbox(vec![vec![3]; 2], vec![]).await, Ok((6, 7)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![vec![3]; 2], vec![])
+            .await,
+        Ok((6, 7))
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut o = opts(tmp.path());
     o.outbox_limit_messages = 1000;
     o.outbox_limit_bytes = 100;
     let j = Journal::open(o).unwrap();
-    j.append_outbox(vec![vec![0; 30]; 1], vec![]).await.unwrap();
+    j.append_outbox(j.reserve().await, vec![vec![0; 30]; 1], vec![])
+        .await
+        .unwrap();
     let e = j
-        .append_outbox(vec![vec![0; 30]; 1], vec![])
+        .append_outbox(j.reserve().await, vec![vec![0; 30]; 1], vec![])
         .await
         .unwrap_err();
     assert!(
@@ -220,7 +239,9 @@ async fn the_epoch_is_made_once_and_kept() {
     assert_eq!(j1.epoch(), e1);
     assert_eq!(j1.status().epoch, e1);
     // Segments without a state file: refuse rather than guess an epoch.
-    j1.append_outbox(vec![b"x".to_vec()], vec![]).await.unwrap();
+    j1.append_outbox(j1.reserve().await, vec![b"x".to_vec()], vec![])
+        .await
+        .unwrap();
     j1.close().await;
     drop(j1);
     std::fs::remove_file(t1.path().join("state.toml")).unwrap();
@@ -233,9 +254,13 @@ async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     let old = j.epoch();
-    j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()], vec![])
-        .await
-        .unwrap();
+    j.append_outbox(
+        j.reserve().await,
+        vec![b"x".to_vec(), b"y".to_vec()],
+        vec![],
+    )
+    .await
+    .unwrap();
     j.ack("b", 3);
     j.close().await;
     drop(j);
@@ -247,7 +272,8 @@ async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert_ne!(j.epoch(), old);
     assert_eq!(
-        j.append_outbox(vec![b"z".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"z".to_vec()], vec![])
+            .await,
         Ok((1, 1))
     );
     j.close().await;
@@ -262,9 +288,13 @@ async fn reopen_after_every_kind_of_write() {
     let dir = tmp.path().join("j");
     let j = Journal::open(opts(&dir)).unwrap();
     let epoch = j.epoch();
-    j.append_outbox(vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()], vec![])
-        .await
-        .unwrap();
+    j.append_outbox(
+        j.reserve().await,
+        vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()],
+        vec![],
+    )
+    .await
+    .unwrap();
     inbox(&j, "b".into(), 7, vec![rec(1, "i1"), rec(2, "i2")])
         .await
         .unwrap();
@@ -319,7 +349,8 @@ async fn reopen_after_every_kind_of_write() {
     let c = j.counters("b");
     assert_eq!((c.msgs_sent, c.bytes_sent, c.msgs_received), (3, 6, 2));
     assert_eq!(
-        j.append_outbox(vec![b"o4".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"o4".to_vec()], vec![])
+            .await,
         Ok((4, 4))
     );
     assert_eq!(
@@ -416,7 +447,7 @@ async fn a_large_backlog_lives_on_disk() {
     o.segment_bytes = SEGMENT_BYTES;
     let j = Journal::open(o).unwrap();
     for _ in 0..20 {
-        j.append_outbox(vec![vec![9u8; 64]; 10_000], vec![])
+        j.append_outbox(j.reserve().await, vec![vec![9u8; 64]; 10_000], vec![])
             .await
             .unwrap();
     }
@@ -439,7 +470,8 @@ async fn closed_journal_refuses_writes() {
     let j = Journal::open(opts(tmp.path())).unwrap();
     j.close().await;
     assert_eq!(
-        j.append_outbox(vec![b"late".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"late".to_vec()], vec![])
+            .await,
         Err(JournalError::Closed)
     );
 }
@@ -464,7 +496,8 @@ async fn journal_throughput() {
     for _ in 0..N / 50_000 {
         let j = j.clone();
         pending.push(tokio::spawn(async move {
-            j.append_outbox(vec![vec![7u8; 64]; 50_000], vec![]).await
+            j.append_outbox(j.reserve().await, vec![vec![7u8; 64]; 50_000], vec![])
+                .await
         }));
         if pending.len() >= 8 {
             pending.remove(0).await.unwrap().unwrap();
@@ -554,7 +587,10 @@ async fn damage_inside_the_last_segment_refuses_and_repair_drops_exactly_it() {
     let bodies = (1..=20)
         .map(|i| format!("message {i:03}").into_bytes())
         .collect();
-    assert_eq!(j.append_outbox(bodies, vec![]).await, Ok((1, 20)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, bodies, vec![]).await,
+        Ok((1, 20))
+    );
     j.ack("b", 5);
     j.close().await;
     drop(j);
@@ -605,7 +641,8 @@ async fn damage_inside_the_last_segment_refuses_and_repair_drops_exactly_it() {
     );
     assert_eq!(r.records.len(), 9);
     assert_eq!(
-        j.append_outbox(vec![b"new".to_vec()], vec![]).await,
+        j.append_outbox(j.reserve().await, vec![b"new".to_vec()], vec![])
+            .await,
         Ok((21, 21))
     );
 }
@@ -714,7 +751,7 @@ async fn records_past_a_hole_are_never_stored_and_skips_are_durable() {
     );
     // A stretch that does not start where we are: a hole, never stored.
     let e = j
-        .append_inbox("a".into(), 7, (5, 6), vec![rec(5, "z")])
+        .append_inbox(j.reserve().await, "a".into(), 7, (5, 6), vec![rec(5, "z")])
         .await;
     assert_eq!(
         e,
@@ -726,7 +763,13 @@ async fn records_past_a_hole_are_never_stored_and_skips_are_durable() {
     assert_eq!(origin_seqs(&j), [1, 2]);
     // A stretch from where we are, whose records 4, 5, 7 and 8 are for
     // other peers: 3 and 6 are stored, and "next expected" moves to 9.
-    let r = j.append_inbox("a".into(), 7, (3, 9), vec![rec(3, "p"), rec(6, "q")]);
+    let r = j.append_inbox(
+        j.reserve().await,
+        "a".into(),
+        7,
+        (3, 9),
+        vec![rec(3, "p"), rec(6, "q")],
+    );
     assert_eq!(r.await, Ok(9));
     assert_eq!(origin_seqs(&j), [1, 2, 3, 6]);
     assert_eq!(j.peer("a").recv_next, 9);
@@ -748,15 +791,18 @@ async fn a_loss_notice_moves_next_expected_durably_and_is_counted() {
     inbox(&j, "a".into(), 7, vec![rec(1, "x")]).await.unwrap();
     // Not from where we are: refused like a gap.
     assert_eq!(
-        j.append_lost("a".into(), 7, 5, 9).await,
+        j.append_lost(j.reserve().await, "a".into(), 7, 5, 9).await,
         Err(JournalError::Gap {
             expected: 2,
             got: 5
         })
     );
-    assert_eq!(j.append_lost("a".into(), 7, 2, 9).await, Ok(9));
     assert_eq!(
-        j.append_lost("a".into(), 7, 2, 9).await,
+        j.append_lost(j.reserve().await, "a".into(), 7, 2, 9).await,
+        Ok(9)
+    );
+    assert_eq!(
+        j.append_lost(j.reserve().await, "a".into(), 7, 2, 9).await,
         Ok(9),
         "told twice: once"
     );
@@ -789,16 +835,16 @@ async fn each_peer_has_its_own_cursor_and_queue_in_one_outbox() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts3(tmp.path())).unwrap();
     let to = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    j.append_outbox(vec![b"all".to_vec()], vec![])
+    j.append_outbox(j.reserve().await, vec![b"all".to_vec()], vec![])
         .await
         .unwrap(); // 1
-    j.append_outbox(vec![b"to-b".to_vec()], to(&["b"]))
+    j.append_outbox(j.reserve().await, vec![b"to-b".to_vec()], to(&["b"]))
         .await
         .unwrap(); // 2
-    j.append_outbox(vec![b"to-c-d".to_vec()], to(&["c", "d"]))
+    j.append_outbox(j.reserve().await, vec![b"to-c-d".to_vec()], to(&["c", "d"]))
         .await
         .unwrap(); // 3
-    j.append_outbox(vec![b"to-b2".to_vec()], to(&["b"]))
+    j.append_outbox(j.reserve().await, vec![b"to-b2".to_vec()], to(&["b"]))
         .await
         .unwrap(); // 4
     let r = j.read_outbox(1, 1 << 20, "b").unwrap();
@@ -837,10 +883,10 @@ async fn a_down_peer_holds_only_what_is_for_it_and_its_limit_is_its_own() {
     let to = |p: &str| vec![p.to_string()];
     // d is down and nothing is for it: it holds no segment.
     for _ in 0..10 {
-        j.append_outbox(vec![vec![7u8; 100]; 25], to("b"))
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("b"))
             .await
             .unwrap();
-        j.append_outbox(vec![vec![7u8; 100]; 25], to("c"))
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("c"))
             .await
             .unwrap();
     }
@@ -852,11 +898,12 @@ async fn a_down_peer_holds_only_what_is_for_it_and_its_limit_is_its_own() {
     assert_eq!(segments(tmp.path(), "outbox"), 1, "d holds nothing");
     // One message for d: now d holds from there on.
     assert_eq!(
-        j.append_outbox(vec![b"d".to_vec()], to("d")).await,
+        j.append_outbox(j.reserve().await, vec![b"d".to_vec()], to("d"))
+            .await,
         Ok((501, 501))
     );
     for _ in 0..10 {
-        j.append_outbox(vec![vec![7u8; 100]; 25], to("b"))
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("b"))
             .await
             .unwrap();
     }
@@ -865,16 +912,26 @@ async fn a_down_peer_holds_only_what_is_for_it_and_its_limit_is_its_own() {
     let r = j.read_outbox(1, 1 << 20, "d").unwrap();
     assert_eq!(seqs(&r), [501], "d's message is kept for it");
     // d's limit fills with d's messages; b's sends go on.
-    j.append_outbox(vec![vec![1]; 299], to("d")).await.unwrap();
-    let e = j.append_outbox(vec![vec![1]], to("d")).await.unwrap_err();
+    j.append_outbox(j.reserve().await, vec![vec![1]; 299], to("d"))
+        .await
+        .unwrap();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![1]], to("d"))
+        .await
+        .unwrap_err();
     assert!(
         e.to_string().contains("outbox full for d: 300 messages"),
         "{e}"
     );
-    let e = j.append_outbox(vec![vec![1]], vec![]).await.unwrap_err();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![1]], vec![])
+        .await
+        .unwrap_err();
     assert!(
         e.to_string().contains("outbox full for d"),
         "for every peer: d too"
     );
-    j.append_outbox(vec![vec![1]; 200], to("b")).await.unwrap();
+    j.append_outbox(j.reserve().await, vec![vec![1]; 200], to("b"))
+        .await
+        .unwrap();
 }

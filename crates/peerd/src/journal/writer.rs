@@ -332,17 +332,17 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: Receiver<Write>) {
+    pub(super) fn run(mut self, rx: Receiver<(Write, Option<super::Slot>)>) {
         let mut batch = Vec::new();
         loop {
             match rx.recv_timeout(HOUSEKEEPING) {
-                Ok(w) => batch.push(w),
+                Ok((w, _slot)) => batch.push(w), // the slot is free again
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(w) => batch.push(w),
+                    Ok((w, _slot)) => batch.push(w), // the slot is free again
                     Err(_) => break,
                 }
             }
