@@ -169,17 +169,27 @@ impl Printer {
                 push_shown_body(buf, e.body);
             }
             Format::Json => {
-                let v = EntryJson {
-                    seq: e.seq,
-                    received: time,
-                    received_ms: e.received_ms,
-                    sent_ms: e.sent_ms,
-                    origin: e.origin,
-                    origin_seq: e.origin_seq,
-                    body: String::from_utf8_lossy(e.body),
-                };
-                // Numbers and strings into a Vec: cannot fail.
-                let _ = serde_json::to_writer(&mut *buf, &v);
+                // What `serde_json` writes for the struct below, field by
+                // field (the tests hold the two to the same bytes).
+                let mut n = itoa::Buffer::new();
+                buf.extend_from_slice(b"{\"seq\":");
+                buf.extend_from_slice(n.format(e.seq).as_bytes());
+                buf.extend_from_slice(b",\"received\":\"");
+                buf.extend_from_slice(time.as_bytes());
+                buf.extend_from_slice(b"\",\"received_ms\":");
+                buf.extend_from_slice(n.format(e.received_ms).as_bytes());
+                buf.extend_from_slice(b",\"sent_ms\":");
+                buf.extend_from_slice(n.format(e.sent_ms).as_bytes());
+                buf.extend_from_slice(b",\"origin\":");
+                push_json_str(buf, e.origin.as_bytes());
+                buf.extend_from_slice(b",\"origin_seq\":");
+                buf.extend_from_slice(n.format(e.origin_seq).as_bytes());
+                buf.extend_from_slice(b",\"body\":");
+                match std::str::from_utf8(e.body) {
+                    Ok(_) => push_json_str(buf, e.body),
+                    Err(_) => push_json_str(buf, String::from_utf8_lossy(e.body).as_bytes()),
+                }
+                buf.push(b'}');
             }
         }
         buf.push(b'\n');
@@ -393,18 +403,55 @@ fn push_valid(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[start..]);
 }
 
-/// `tail --json`: one object per line, fields in this order (README
-/// "tail --json").
-#[derive(serde::Serialize)]
-struct EntryJson<'a> {
-    seq: u64,
-    received: &'a str,
-    received_ms: u64,
-    sent_ms: u64,
-    origin: &'a str,
-    origin_seq: u64,
-    /// The body as a string (invalid UTF-8 replaced by U+FFFD).
-    body: std::borrow::Cow<'a, str>,
+/// Bytes of UTF-8 text that a JSON string holds as they are (as
+/// `serde_json` writes it): all but `"`, `\\` and U+0000–U+001F.
+const JSON_PLAIN: [bool; 256] = {
+    let mut t = [true; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = false;
+        b += 1;
+    }
+    t[b'"' as usize] = false;
+    t[b'\\' as usize] = false;
+    t
+};
+
+/// `s` (valid UTF-8) as a JSON string, escaped exactly as `serde_json`
+/// escapes it: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other controls as
+/// `\u00xx`. `tail --json` (README) shows one object per line, fields in
+/// the order `Printer::push` writes them; invalid UTF-8 in a body is
+/// replaced by U+FFFD before this.
+fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if JSON_PLAIN[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]

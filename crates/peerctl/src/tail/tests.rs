@@ -163,6 +163,12 @@ fn every_byte_value_alone_and_in_text() {
         .map(|b| entry(1_700_000_000_123, "b", &[b'<', b, b'>']))
         .collect();
     assert_same(&entries);
+    // Every ASCII character in an origin, too (JSON escapes it; text
+    // shows it as the daemon gave it).
+    let entries: Vec<Entry> = (0..0x80u8)
+        .map(|b| entry(u64::MAX / 1_000_000, &format!("o{}", b as char), b"x"))
+        .collect();
+    assert_same(&entries);
 }
 
 #[test]
