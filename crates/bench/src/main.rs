@@ -281,15 +281,18 @@ fn seen_part(
     out.insert("ceiling_msgs_per_s".into(), json!(ceiling));
 
     // The reference first: every other row is a ratio to it.
-    let websocat = match seen::websocat() {
-        Ok(bin) => {
-            let mut runs = Vec::new();
-            for run in 0..RUNS {
-                let r = seen::websocat_pair(&bin, scratch, n)
-                    .with_context(|| format!("websocat run {run}"))?;
-                eprintln!("  websocat → websocat run {}: {r:.0} msgs/s", run + 1);
-                runs.push(r);
-            }
+    let measured = seen::websocat().and_then(|bin| {
+        let mut runs = Vec::new();
+        for run in 0..RUNS {
+            let r = seen::websocat_pair(&bin, scratch, n)
+                .map_err(|e| format!("{} failed in run {}: {e:#}", bin.display(), run + 1))?;
+            eprintln!("  websocat → websocat run {}: {r:.0} msgs/s", run + 1);
+            runs.push(r);
+        }
+        Ok((bin, runs))
+    });
+    let websocat = match measured {
+        Ok((bin, mut runs)) => {
             let all = runs.clone();
             let rate = median(&mut runs);
             rows.push(format!(
