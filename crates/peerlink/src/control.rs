@@ -187,6 +187,53 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
+/// An [`Entry`] read in place from a received frame: the origin and body
+/// point into the frame, so a client showing a batch copies and allocates
+/// nothing per entry. Same fields, same order, same encoding as [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub received_ms: u64,
+    pub sent_ms: u64,
+    pub origin: &'a str,
+    pub origin_seq: u64,
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryRef {
+            seq: e.seq,
+            received_ms: e.received_ms,
+            sent_ms: e.sent_ms,
+            origin: &e.origin,
+            origin_seq: e.origin_seq,
+            body: &e.body,
+        }
+    }
+}
+
+/// If `frame` holds a [`Response::Entries`], its entries read in place;
+/// `None` for any other response (decode those with [`codec::decode`]).
+/// The wire format is [`Response`]'s: this only reads it without copying.
+///
+/// [`codec::decode`]: crate::codec::decode
+pub fn entries_view(frame: &[u8]) -> Option<Result<Vec<EntryRef<'_>>, crate::codec::CodecError>> {
+    // The variant's tag, as the codec writes it: an empty `Entries` is the
+    // tag followed by a zero length (one byte).
+    static TAG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        let mut t = crate::codec::encode(&Response::Entries(Vec::new())).unwrap_or_default();
+        t.pop();
+        t
+    });
+    if tag.is_empty() {
+        return None;
+    }
+    let rest = frame.strip_prefix(tag.as_slice())?;
+    Some(crate::codec::decode_borrowed(rest))
+}
+
 /// `peerctl status`: the daemon and each of its links.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -355,6 +402,45 @@ mod tests {
         assert!(codec::encode(&one).unwrap().len() <= MAX_FRAME);
         let many = Response::Entries(vec![entry(TAIL_BATCH_BYTES / 1000); 1000]);
         assert!(codec::encode(&many).unwrap().len() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn entries_read_in_place_as_decoded() {
+        let entries = vec![
+            Entry {
+                seq: 1,
+                received_ms: 2,
+                sent_ms: 3,
+                origin: "b".into(),
+                origin_seq: 4,
+                body: b"hi".to_vec(),
+            },
+            Entry {
+                seq: u64::MAX,
+                received_ms: 1 << 40,
+                sent_ms: 0,
+                origin: "client:127.0.0.1:9".into(),
+                origin_seq: 0,
+                body: vec![0xff, 0, b'\n'],
+            },
+        ];
+        let bytes = codec::encode(&Response::Entries(entries.clone())).unwrap();
+        let view = entries_view(&bytes).unwrap().unwrap();
+        let want: Vec<EntryRef> = entries.iter().map(EntryRef::from).collect();
+        assert_eq!(view, want);
+        let empty = codec::encode(&Response::Entries(Vec::new())).unwrap();
+        assert_eq!(entries_view(&empty).unwrap().unwrap(), vec![]);
+        for other in [
+            Response::CaughtUp { next: 3 },
+            Response::Gap {
+                from: 1,
+                resume_at: 2,
+            },
+        ] {
+            assert!(entries_view(&codec::encode(&other).unwrap()).is_none());
+        }
+        // A truncated batch is an error, not a shorter batch.
+        assert!(entries_view(&bytes[..bytes.len() - 1]).unwrap().is_err());
     }
 
     #[test]
