@@ -165,6 +165,9 @@ struct State {
     /// The outbox holds (or held since it opened) addressed records, so
     /// counting a queue means reading records back.
     addressed: bool,
+    /// Outbox numbers below this may have been published (sent) and are
+    /// never given to another message (see `writer::Writer::commit_logs`).
+    outbox_reserved: u64,
     /// The last write that failed (and when), until a write succeeds.
     storage_error: Option<(String, u64)>,
     /// Per peer: our records below this were reported lost to it.

@@ -10,7 +10,8 @@
 //! An outbox record is for every peer unless the top bit of `sent_ms` is
 //! set (journal layout 2): then the list of peers it is addressed to
 //! (`send --to`) follows. Layout 1 records (no such bit) are for every
-//! peer, as they were.
+//! peer, as they were. The next bit marks a *void* record, for no peer: a
+//! number reserved before a crash and not used (see `writer`).
 //!
 //! An inbox record from a peer carries the peer's epoch and seq: the record
 //! is itself the "next expected from this peer" update, so storing the
@@ -35,6 +36,14 @@ use crate::wire::Record;
 
 /// Flag in an outbox record's `sent_ms`: a list of destinations follows.
 const ADDRESSED: u64 = 1 << 63;
+/// Flag in an outbox record's `sent_ms`: a *void* record, for no peer: a
+/// number reserved before a crash and never used (see `writer`).
+const VOID: u64 = 1 << 62;
+
+/// Encode a void outbox record.
+pub fn put_void(buf: &mut Vec<u8>, now_ms: u64) {
+    buf.extend_from_slice(&(now_ms | VOID).to_le_bytes());
+}
 
 /// Encode an outbox message, for every peer (`to` empty) or for those in
 /// `to` (at most 255 names of at most 255 bytes: config names are short).
@@ -61,12 +70,14 @@ pub struct OutboxView<'a> {
     /// The encoded destination list (empty: every peer).
     to: &'a [u8],
     pub body: &'a [u8],
+    /// A void record: for no peer.
+    pub void: bool,
 }
 
 impl OutboxView<'_> {
     /// Is it for `peer`?
     pub fn is_for(&self, peer: &str) -> bool {
-        self.to.is_empty() || self.names().any(|n| n == peer.as_bytes())
+        !self.void && (self.to.is_empty() || self.names().any(|n| n == peer.as_bytes()))
     }
 
     /// Is it addressed (not for every peer)?
@@ -89,11 +100,20 @@ impl OutboxView<'_> {
 /// Decode an outbox record's fields.
 pub fn view_outbox(data: &[u8]) -> Option<OutboxView<'_>> {
     let (raw, rest) = take_u64(data)?;
+    if raw & VOID != 0 {
+        return Some(OutboxView {
+            sent_ms: raw & !(VOID | ADDRESSED),
+            to: &[],
+            body: rest,
+            void: true,
+        });
+    }
     if raw & ADDRESSED == 0 {
         return Some(OutboxView {
             sent_ms: raw,
             to: &[],
             body: rest,
+            void: false,
         });
     }
     let (&n, mut after) = rest.split_first()?;
@@ -106,6 +126,7 @@ pub fn view_outbox(data: &[u8]) -> Option<OutboxView<'_>> {
         sent_ms: raw & !ADDRESSED,
         to: &rest[..to_len],
         body: after,
+        void: false,
     })
 }
 

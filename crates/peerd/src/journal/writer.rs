@@ -49,6 +49,19 @@ pub(super) struct Writer {
     broken: Option<String>,
 }
 
+/// Outbox numbers reserved ahead of use (see `Writer::commit_logs`).
+const RESERVE: u64 = 1 << 16;
+
+/// How a batch's commit failed.
+enum Failed {
+    /// Nothing was published: roll both logs back.
+    Before(std::io::Error),
+    /// The outbox part is stored and published; the inbox part failed.
+    InboxOnly(std::io::Error),
+    /// Outbox records were published but could not be synced.
+    Broken(std::io::Error),
+}
+
 /// What a batch owes its writers once it is committed.
 enum Reply {
     Outbox(
@@ -111,7 +124,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
     }
     // Each peer's queue, counted from the records themselves.
     let mut counting = queues::Counting::new(&opts.peers, &peers);
-    let (outbox, outbox_w) = log::open(
+    let (mut outbox, mut outbox_w) = log::open(
         &dir.join("outbox"),
         1,
         opts.segment_bytes,
@@ -119,6 +132,28 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         &mut |seq, data| counting.visit(seq, data),
     )
     .map_err(|e| damaged(&dir, e).unwrap_or_else(|e| err("cannot open the outbox of", e)))?;
+    if file.outbox_reserved > outbox.next() {
+        // Not a clean stop: numbers up to the reservation may have been
+        // sent early and lost here (see `Writer::commit_logs`). Void them.
+        let (from, to) = (outbox.next(), file.outbox_reserved);
+        let now = peerlink::now_ms();
+        for _ in from..to {
+            outbox_w
+                .append(|b| records::put_void(b, now))
+                .map_err(|e| err("cannot write the outbox of", e))?;
+        }
+        outbox.apply(
+            outbox_w
+                .commit()
+                .map_err(|e| err("cannot write the outbox of", e))?,
+        );
+        tracing::warn!(
+            "journal {}: peerd did not stop cleanly: outbox numbers {from}..{} may have been sent \
+             before the crash and are never reused",
+            dir.display(),
+            to - 1
+        );
+    }
     // The inbox records are the truth about what we received: the last
     // record kept from a peer says what we expect from it next (the state
     // file only matters for peers whose records retention has trimmed).
@@ -222,6 +257,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         members: opts.peers.clone(),
         queues,
         addressed,
+        outbox_reserved: file.outbox_reserved,
         storage_error: None,
         lost_told: HashMap::new(),
         dropped,
@@ -306,6 +342,7 @@ fn create(dir: &Path, fsync: bool) -> Result<StateFile, JournalError> {
         epoch: state::hex(epoch),
         inbox_checkpoint: 1,
         inbox_first: 1,
+        outbox_reserved: 0,
         peer: Default::default(),
     };
     state::save(dir, &file, fsync).map_err(|e| JournalError::storage(dir.display(), e))?;
@@ -365,6 +402,9 @@ impl Writer {
             if !writes.is_empty() {
                 self.commit(writes);
             }
+            if !closing.is_empty() {
+                self.stop_cleanly();
+            }
             let asked = !checkpoints.is_empty() || !closing.is_empty();
             if asked || self.last_housekeeping.elapsed() >= HOUSEKEEPING {
                 let r = self.housekeeping(asked);
@@ -383,7 +423,16 @@ impl Writer {
                 return;
             }
         }
+        self.stop_cleanly();
         let _ = self.housekeeping(true);
+    }
+
+    /// A clean stop: every published record is synced, so the reservation
+    /// ends where the outbox does and the next start voids nothing.
+    fn stop_cleanly(&mut self) {
+        let mut st = lock(&self.shared);
+        st.outbox_reserved = self.outbox.next();
+        st.dirty = true;
     }
 
     /// Store one batch, then answer everyone in it.
@@ -634,12 +683,73 @@ impl Writer {
             }
         }
         let committed = match failed {
-            Some(e) => Err(e),
+            Some(e) => Err(Failed::Before(e)),
             None => self.commit_logs(),
         };
-        let (outbox_updates, inbox_updates) = match committed {
+        let inbox_updates = match committed {
             Ok(u) => u,
-            Err(e) => {
+            Err(Failed::InboxOnly(e)) => {
+                // The outbox part is stored (and may be on its way to the
+                // peers); the inbox part was rolled back.
+                tracing::error!("journal: inbox write failed, those records not stored: {e}");
+                {
+                    let mut st = lock(&self.shared);
+                    st.storage_error = Some((e.to_string(), now));
+                    st.addressed |= addressed;
+                    for (name, q) in qs {
+                        if st.members.contains(&name) {
+                            st.queues.insert(name, q);
+                        }
+                    }
+                }
+                if let Err(r) = self.inbox.rollback() {
+                    let why =
+                        format!("the journal could not undo a failed write ({r}); restart peerd");
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                let e = JournalError::storage("write failed", e);
+                for w in skipped {
+                    fail(w, &e);
+                }
+                for r in replies {
+                    match r {
+                        Reply::Outbox(tx, r) => {
+                            let _ = tx.send(r);
+                        }
+                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+            Err(Failed::Broken(e)) => {
+                let why = format!(
+                    "the journal could not sync written outbox records ({e}); they may have \
+                     been sent already, so their numbers are never reused: restart peerd"
+                );
+                tracing::error!("{why}");
+                lock(&self.shared).storage_error = Some((e.to_string(), now));
+                let _ = self.inbox.rollback();
+                self.broken = Some(why.clone());
+                let e = JournalError::Storage(why);
+                for w in skipped {
+                    fail(w, &e);
+                }
+                for r in replies {
+                    match r {
+                        Reply::Outbox(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+            Err(Failed::Before(e)) => {
                 if lock(&self.shared).storage_error.is_none() {
                     tracing::error!("journal: write failed, batch not stored: {e}");
                 } else {
@@ -674,7 +784,6 @@ impl Writer {
         };
         let (o, i) = {
             let mut st = lock(&self.shared);
-            st.outbox.apply(outbox_updates);
             st.inbox.apply(inbox_updates);
             st.addressed |= addressed;
             for (name, q) in qs {
@@ -723,21 +832,58 @@ impl Writer {
         }
     }
 
-    /// Commit both logs, syncing them in parallel when both have data.
-    fn commit_logs(&mut self) -> std::io::Result<(Vec<SegUpdate>, Vec<SegUpdate>)> {
+    /// Commit both logs. The outbox's records are **sent early**: they are
+    /// written, then published to the readers (the peer sessions may send
+    /// them) while the two fsyncs run in parallel; only then is anyone told
+    /// "stored" (`send`) or acked (the inbox). So a message waits for one
+    /// fsync in series (the receiver's), not two.
+    ///
+    /// Why that keeps exactly-once: a record the peer stored may still be
+    /// lost here by a power loss before our fsync. Its number must never
+    /// go to another message (the peer would drop that one as a resend).
+    /// So numbers are *reserved* in the state file ahead of use
+    /// ([`RESERVE`] at a time, durably, before any record past the old
+    /// reservation is published); after a shutdown that was not clean, the
+    /// journal voids every number up to the reservation that its outbox no
+    /// longer holds (see `recover`) and goes on past it. The client was
+    /// never told such a record was stored; the peer may have it once.
+    fn commit_logs(&mut self) -> Result<Vec<SegUpdate>, Failed> {
+        if self.outbox.next() > lock(&self.shared).outbox_reserved {
+            let reserved = self.outbox.next() + RESERVE;
+            let file = {
+                let mut st = lock(&self.shared);
+                st.outbox_reserved = reserved;
+                snapshot(&st, self.shared.epoch)
+            };
+            state::save(&self.shared.opts.dir, &file, self.shared.opts.fsync)
+                .map_err(Failed::Before)?;
+        }
+        let out = self.outbox.write_out().map_err(Failed::Before)?;
+        if !out.is_empty() {
+            let o = {
+                let mut st = lock(&self.shared);
+                st.outbox.apply(out);
+                st.outbox.next()
+            };
+            self.shared
+                .outbox_next
+                .send_if_modified(|v| std::mem::replace(v, o) != o);
+        }
         let (outbox, inbox) = (&mut self.outbox, &mut self.inbox);
-        if outbox.pending_bytes() > 0 && inbox.pending_bytes() > 0 {
+        let (o, i) = if inbox.pending_bytes() > 0 {
             std::thread::scope(|s| {
                 let other = s.spawn(|| inbox.commit());
-                let o = outbox.commit();
+                let o = outbox.sync();
                 let i = other
                     .join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("inbox commit panicked")));
-                Ok((o?, i?))
+                (o, i)
             })
         } else {
-            Ok((outbox.commit()?, inbox.commit()?))
-        }
+            (outbox.sync(), inbox.commit())
+        };
+        o.map_err(Failed::Broken)?;
+        i.map_err(Failed::InboxOnly)
     }
 
     /// The error for a send that `peer`'s queue has no room for; logged
@@ -918,6 +1064,7 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
         epoch: state::hex(epoch),
         inbox_checkpoint: st.inbox.next(),
         inbox_first: st.inbox_first,
+        outbox_reserved: st.outbox_reserved,
         peer,
     }
 }
