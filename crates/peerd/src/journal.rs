@@ -37,6 +37,7 @@
 //! Sizes (`outbox_limit`, `inbox_retention`, queued bytes) count bytes on
 //! disk: the body plus the record's framing and fields.
 
+pub mod cursor;
 mod log;
 mod queues;
 mod records;
@@ -55,6 +56,7 @@ use tokio::sync::{oneshot, watch};
 
 use peerlink::control::{Entry, JournalStatus};
 
+pub use self::cursor::{Cursor, Log};
 use self::log::LogIndex;
 use crate::wire::Record;
 
@@ -666,21 +668,6 @@ impl Journal {
             next,
             entries,
         })
-    }
-
-    /// [`Journal::read_inbox`] on a blocking thread: for the async side
-    /// (`tail`, plain clients), so reading the disk never holds up an async
-    /// worker.
-    pub async fn read_inbox_async(
-        &self,
-        from: u64,
-        max_count: usize,
-        max_bytes: u64,
-    ) -> Result<InboxRead, JournalError> {
-        let j = self.clone();
-        tokio::task::spawn_blocking(move || j.read_inbox(from, max_count, max_bytes))
-            .await
-            .map_err(|e| JournalError::Storage(format!("reading the inbox: {e}")))?
     }
 
     /// Where `tail -n N --from-peer ORIGIN` starts: the inbox sequence of

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::status::PeerBoard;
 
 /// Entries per `Entries` reply while catching up.
@@ -471,9 +471,9 @@ async fn tail(
     mut reader: Reader<RecvHalf>,
     mut writer: Writer<SendHalf>,
 ) {
-    let mut watch = ctx.journal.watch_inbox();
-    let head = *watch.borrow_and_update();
-    let mut next = match (start, &origin) {
+    let mut cursor = Cursor::new(&ctx.journal, Log::Inbox, 0);
+    let head = cursor.end();
+    cursor.seek(match (start, &origin) {
         (TailStart::From(seq), _) => seq.max(1),
         (TailStart::Last(n), None) => head.saturating_sub(n).max(1),
         (TailStart::Last(n), Some(o)) => {
@@ -483,15 +483,12 @@ async fn tail(
                 .unwrap_or(Ok(head))
                 .unwrap_or(head)
         }
-    };
+    });
     let mut caught_up = false;
     loop {
-        let read = match ctx
-            .journal
-            .read_inbox_async(next, TAIL_CHUNK, TAIL_BATCH_BYTES as u64)
-            .await
-        {
-            Ok(r) => r,
+        let at = cursor.next;
+        let mut chunk = match cursor.read_inbox(TAIL_CHUNK, TAIL_BATCH_BYTES as u64).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!("tail: {e}");
                 let _ = frame::send(
@@ -505,27 +502,23 @@ async fn tail(
                 return;
             }
         };
-        if read.first > next {
+        if let Some((from, resume_at)) = chunk.gap {
             // Only a gap in what was asked for: history before the inbox
             // began at 1 was never there to lose.
-            let gap = Response::Gap {
-                from: next,
-                resume_at: read.first,
-            };
-            if frame::send(&mut writer, &gap).await.is_err() {
+            if frame::send(&mut writer, &Response::Gap { from, resume_at })
+                .await
+                .is_err()
+            {
                 return;
             }
-            next = read.first;
         }
-        if read.next > next {
-            // (Loss notices and tombstones move `next` without entries.)
-            next = read.next;
-            let mut read = read;
+        if cursor.next > at.max(chunk.gap.map_or(0, |g| g.1)) {
+            // (Loss notices and tombstones move the cursor without entries.)
             if let Some(o) = &origin {
-                read.entries.retain(|e| &e.origin == o);
+                chunk.entries.retain(|e| &e.origin == o);
             }
-            if !read.entries.is_empty()
-                && frame::send(&mut writer, &Response::Entries(read.entries))
+            if !chunk.entries.is_empty()
+                && frame::send(&mut writer, &Response::Entries(chunk.entries))
                     .await
                     .is_err()
             {
@@ -535,6 +528,7 @@ async fn tail(
         }
         if !caught_up {
             caught_up = true;
+            let next = cursor.next;
             if frame::send(&mut writer, &Response::CaughtUp { next })
                 .await
                 .is_err()
@@ -545,7 +539,7 @@ async fn tail(
         }
         // Wait for more, or for the client to go away.
         tokio::select! {
-            changed = watch.changed() => if changed.is_err() { return },
+            more = cursor.wait() => if !more { return },
             r = frame::recv::<Request, _>(&mut reader) => {
                 if let Ok(Some(_)) = r {
                     bad_request(&mut writer, "no requests are taken while tailing".into()).await;

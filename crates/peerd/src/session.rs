@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
 use crate::handshake::Established;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::status::PeerBoard;
 use crate::transport::{Liveness, Ws};
 use crate::wire::{
@@ -309,7 +309,6 @@ impl Session {
         mut close: oneshot::Receiver<CloseReason>,
         mut failed: oneshot::Receiver<String>,
     ) -> Result<String, String> {
-        let mut outbox = self.journal.watch_outbox();
         let mut ping = tokio::time::interval(self.cfg.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let my_epoch = self.journal.epoch();
@@ -332,7 +331,7 @@ impl Session {
             in_flight_bytes += RECORD_MEMORY;
             cursor = to;
         }
-        let mut next = cursor.max(resume.read_at);
+        let mut reader = Cursor::new(&self.journal, Log::Outbox, cursor.max(resume.read_at));
         loop {
             // A close request wins over more data: under a steady stream
             // the select below is rarely reached, and SIGTERM must still
@@ -355,21 +354,17 @@ impl Session {
             }
             let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
             if window_open {
-                outbox.borrow_and_update();
-                // Reading the disk is blocking work: off the async workers.
-                let (journal, peer) = (self.journal.clone(), self.peer.clone());
-                let read = tokio::task::spawn_blocking(move || {
-                    journal.read_outbox(next, batch_bytes, &peer)
-                })
-                .await
-                .map_err(|e| format!("reading the outbox: {e}"))?
-                .map_err(|e| e.to_string())?;
+                let read = reader
+                    .read_outbox(batch_bytes, &self.peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let Some((from, to)) = read.lost {
                     // Tombstones: records `peerd journal repair` dropped.
                     let why = "`peerd journal repair` dropped them from our outbox as damaged";
                     self.report_lost(&mut sink, my_epoch, (from.max(cursor), to), why)
                         .await?;
-                    (cursor, next) = (to, to);
+                    cursor = to;
+                    reader.seek(to);
                     in_flight.push_back((to - 1, RECORD_MEMORY));
                     in_flight_bytes += RECORD_MEMORY;
                     continue;
@@ -407,7 +402,8 @@ impl Session {
                     .await?;
                     in_flight.push_back((upto - 1, cost));
                     in_flight_bytes += cost;
-                    (cursor, next) = (upto, upto);
+                    cursor = upto;
+                    reader.seek(upto);
                     if n > 0 {
                         self.journal.count_sent(&self.peer, n, bytes);
                     }
@@ -421,7 +417,8 @@ impl Session {
                         let why = "the operator dropped it (`peerctl drop`)";
                         self.report_lost(&mut sink, my_epoch, (seq, seq + 1), why)
                             .await?;
-                        (cursor, next) = (seq + 1, seq + 1);
+                        cursor = seq + 1;
+                        reader.seek(seq + 1);
                         in_flight.push_back((seq, RECORD_MEMORY));
                         in_flight_bytes += RECORD_MEMORY;
                         continue;
@@ -451,7 +448,7 @@ impl Session {
                     send(&mut sink, &PeerFrame::Ack { epoch: peer_epoch, next }).await?;
                 }
                 Ok(()) = acked.changed() => {}
-                Ok(()) = outbox.changed(), if window_open => {}
+                true = reader.wait(), if window_open => {}
                 _ = ping.tick() => {
                     let stamp = now_us().to_be_bytes();
                     sink.send(Message::Ping(stamp.to_vec().into())).await.map_err(|e| e.to_string())?;
