@@ -119,6 +119,10 @@ pub struct Journal {
 struct Shared {
     state: Mutex<State>,
     epoch: u64,
+    /// The peers whose acks trim the outbox: `opts.peers`, then what a
+    /// reload set ([`Journal::set_peers`]). Taken after `state`, never
+    /// before.
+    peer_names: Mutex<Vec<String>>,
     opts: Options,
     /// Next outbox sequence number: everything below is readable.
     outbox_next: watch::Sender<u64>,
@@ -372,7 +376,7 @@ impl Journal {
             if let Some(d) = st.dropped.get_mut(peer) {
                 d.retain(|s| *s >= next);
             }
-            let floor = floor_of(&self.shared.opts.peers, &st.peers, outbox_next);
+            let floor = floor_of(&lock_names(&self.shared), &st.peers, outbox_next);
             if floor <= st.floor {
                 return;
             }
@@ -395,6 +399,31 @@ impl Journal {
             *v = (*v).max(floor);
             changed
         });
+    }
+
+    /// A reload changed the peers: from now on these peers' acks trim the
+    /// outbox. A new peer starts from the oldest record still kept; a
+    /// removed one no longer holds records back.
+    pub fn set_peers(&self, peers: Vec<String>) {
+        {
+            let mut st = self.lock();
+            let first = st.outbox.first();
+            for name in &peers {
+                st.peers.entry(name.clone()).or_insert(PeerState {
+                    acked_next: first,
+                    ..PeerState::default()
+                });
+            }
+            *lock_names(&self.shared) = peers.clone();
+        }
+        // Move the floor if a removed peer held it back.
+        if let Some(p) = peers.first() {
+            self.ack(p, 0);
+        } else {
+            let mut st = self.lock();
+            st.floor = st.floor.max(st.outbox.next());
+            st.floor_pos = st.outbox.end_pos();
+        }
     }
 
     /// The oldest outbox record still kept (or the next to be assigned).
@@ -609,6 +638,10 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     // a way later readers could misread (every update is a few field
     // writes), so a poisoned lock is simply taken over.
     shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_names(shared: &Shared) -> MutexGuard<'_, Vec<String>> {
+    shared.peer_names.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The point below which every configured peer has acked.

@@ -31,7 +31,8 @@ use super::log::{self, Appender, HEADER, SegUpdate};
 use super::records::{self, InboxMeta};
 use super::state::{self, PeerFile, StateFile};
 use super::{
-    Counters, JournalError, Options, PeerState, Shared, State, Write, floor_of, lock, pos_of,
+    Counters, JournalError, Options, PeerState, Shared, State, Write, floor_of, lock, lock_names,
+    pos_of,
 };
 
 /// How often the writer does its housekeeping.
@@ -228,6 +229,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         acked_all: watch::Sender::new(floor),
         state: Mutex::new(state),
         epoch,
+        peer_names: Mutex::new(opts.peers.clone()),
         opts,
         lock_file,
     });
@@ -636,7 +638,7 @@ impl Writer {
                 c.bytes_received += b;
                 st.dirty = true;
             }
-            if opts.peers.is_empty() {
+            if lock_names(&self.shared).is_empty() {
                 st.floor = st.outbox.next();
                 st.floor_pos = st.outbox.end_pos();
             }
