@@ -15,6 +15,7 @@ mod link;
 mod messages;
 mod origin;
 mod plain;
+mod reload;
 mod service;
 mod status;
 mod storage;

@@ -19,8 +19,8 @@
 //! The link reads its settings ([`Current`]) afresh for every dial and
 //! every session, and watches them: new backoff bounds apply at once, a
 //! new URL at the next dial, and the live session is left alone, unless it
-//! was authenticated with a secret this node no longer holds, or a
-//! handshake now would pick another secret (a rotation). Then the link
+//! was authenticated with a secret this node no longer holds, or the
+//! reload made another secret this node's first choice (a rotation). Then the link
 //! re-keys **before** it lets go: it dials a new session while the old one
 //! runs, when the collision rule lets that new session win on both sides
 //! (we dialled the live one, or our name is the smaller); the old session
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, KeyId};
+use crate::auth::KeyId;
 use crate::backoff::Backoff;
 use crate::config::{Config, Peer};
 use crate::dial;
@@ -77,8 +77,6 @@ struct Live {
     since: Instant,
     /// The secret it was authenticated with.
     key: Option<KeyId>,
-    /// The secrets the peer held at its handshake.
-    peer_keys: Vec<KeyId>,
 }
 
 /// Why the link dials while a session is up.
@@ -109,18 +107,19 @@ impl Link {
             .cloned()
     }
 
-    /// Does the live session need a new one with another secret?
-    fn rekey_needed(&self, cfg: &Config, live: &Live) -> Option<Rekey> {
+    /// Does the live session need a new one with another secret? `before`:
+    /// the ids this node held before the settings changed.
+    fn rekey_needed(&self, cfg: &Config, before: &[KeyId], live: &Live) -> Option<Rekey> {
         let key = live.key?;
         let mine = crate::reload::ids(cfg);
         if !mine.contains(&key) {
             return Some(Rekey::Removed);
         }
-        // What our dial would pick now (we would be the dialler).
-        match auth::agree(&mine, &live.peer_keys) {
-            Some(k) if k != key => Some(Rekey::Preferred),
-            _ => None,
-        }
+        // Our keyring changed and now prefers another secret: the peer may
+        // hold it too (it may have added it after our session began), and
+        // a handshake would pick it if so. If not, the new session simply
+        // uses the same secret again.
+        (mine != before && mine.first() != Some(&key)).then_some(Rekey::Preferred)
     }
 
     /// Would a session we dial now replace the live one on both sides?
@@ -132,6 +131,7 @@ impl Link {
         let cfg = self.cfg();
         let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
         let mut bounds = (cfg.backoff_min, cfg.backoff_max);
+        let mut held = crate::reload::ids(&cfg);
         drop(cfg);
         // Dialling while a session is up, to re-key it (module doc).
         let mut rekey: Option<Rekey> = None;
@@ -161,8 +161,9 @@ impl Link {
                     if let Some(p) = self.peer() {
                         self.board.update(|s| s.url = p.url.clone());
                     }
+                    let before = std::mem::replace(&mut held, crate::reload::ids(&cfg));
                     let Some(l) = live.as_ref() else { continue };
-                    match self.rekey_needed(&cfg, l) {
+                    match self.rekey_needed(&cfg, &before, l) {
                         Some(why) if self.our_dial_wins(&cfg, l) => {
                             tracing::info!(peer = %self.name, "re-keying the live session (secret {}): dialling a new one before closing it", show_key(l.key));
                             rekey = Some(why);
@@ -359,7 +360,6 @@ impl Link {
             close: close_tx,
             since: Instant::now(),
             key: est.key,
-            peer_keys: est.hello.keys.clone(),
         });
         let ctx = session::Session {
             cfg: current.cfg.clone(),
