@@ -319,7 +319,7 @@ fn a_secret_is_rotated_one_host_at_a_time_with_messages_flowing() {
         "{}",
         b.spec.log()
     );
-    assert_eq!(b.peer("d")["state"] != "connected", true);
+    assert_ne!(b.peer("d")["state"], "connected");
 }
 
 #[test]
