@@ -215,7 +215,7 @@ impl Running {
     /// to systemd, and kept for `peerctl status`.
     fn reload(&mut self) -> ReloadReport {
         notify::reloading();
-        let result = self.try_reload();
+        let result = self.try_reload().map_err(|e| one_line(&e));
         let report = ReloadReport {
             at_ms: peerlink::now_ms(),
             applied: result.is_ok(),
@@ -321,5 +321,33 @@ impl Running {
             };
             self.tracker.spawn(link.run());
         }
+    }
+}
+
+/// An error in one line, for the journal and `status`: the source snippet
+/// of a TOML error (`2 | bogus = 1`, `  | ^^^^^`) left out.
+fn one_line(e: &str) -> String {
+    e.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let rest = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !l.is_empty() && !rest.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_fit_one_line() {
+        let e = "a.toml: TOML parse error at line 2, column 1\n  |\n2 | bogus = 1\n  | ^^^^^\nunknown field `bogus`";
+        assert_eq!(
+            super::one_line(e),
+            "a.toml: TOML parse error at line 2, column 1: unknown field `bogus`"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
     }
 }
