@@ -107,21 +107,6 @@ impl Link {
             .cloned()
     }
 
-    /// Does the live session need a new one with another secret? `before`:
-    /// the ids this node held before the settings changed.
-    fn rekey_needed(&self, cfg: &Config, before: &[KeyId], live: &Live) -> Option<Rekey> {
-        let key = live.key?;
-        let mine = crate::reload::ids(cfg);
-        if !mine.contains(&key) {
-            return Some(Rekey::Removed);
-        }
-        // Our keyring changed and now prefers another secret: the peer may
-        // hold it too (it may have added it after our session began), and
-        // a handshake would pick it if so. If not, the new session simply
-        // uses the same secret again.
-        (mine != before && mine.first() != Some(&key)).then_some(Rekey::Preferred)
-    }
-
     /// Would a session we dial now replace the live one on both sides?
     fn our_dial_wins(&self, cfg: &Config, live: &Live) -> bool {
         new_session_wins(&live.dialled_by, &cfg.node)
@@ -163,7 +148,7 @@ impl Link {
                     }
                     let before = std::mem::replace(&mut held, crate::reload::ids(&cfg));
                     let Some(l) = live.as_ref() else { continue };
-                    match self.rekey_needed(&cfg, &before, l) {
+                    match rekey_needed(&held, &before, l.key) {
                         Some(why) if self.our_dial_wins(&cfg, l) => {
                             tracing::info!(peer = %self.name, "re-keying the live session (secret {}): dialling a new one before closing it", show_key(l.key));
                             rekey = Some(why);
@@ -375,6 +360,20 @@ impl Link {
     }
 }
 
+/// Does a live session authenticated with `key` need a new one with
+/// another secret, now that this node holds `mine` (it held `before`)?
+fn rekey_needed(mine: &[KeyId], before: &[KeyId], key: Option<KeyId>) -> Option<Rekey> {
+    let key = key?;
+    if !mine.contains(&key) {
+        return Some(Rekey::Removed);
+    }
+    // Our keyring changed and now prefers another secret: the peer may
+    // hold it too (it may have added it after our session began), and a
+    // handshake would pick it if so. If not, the new session simply uses
+    // the same secret again.
+    (mine != before && mine.first() != Some(&key)).then_some(Rekey::Preferred)
+}
+
 fn show_key(k: Option<KeyId>) -> String {
     k.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
 }
@@ -401,6 +400,30 @@ mod tests {
         );
         // The rule does not depend on which node evaluates it: it has no
         // "me" argument at all, so a and b cannot disagree.
+    }
+
+    #[test]
+    fn rekey_when_the_secret_is_removed_or_a_new_one_preferred() {
+        use super::{KeyId, Rekey, rekey_needed};
+        let (old, new) = (KeyId([1; 4]), KeyId([2; 4]));
+        // Step 1, the new one added second: nothing to do.
+        assert_eq!(rekey_needed(&[old, new], &[old], Some(old)), None);
+        // Step 2, the new one preferred: try it.
+        assert_eq!(
+            rekey_needed(&[new, old], &[old, new], Some(old)),
+            Some(Rekey::Preferred)
+        );
+        // A reload that did not touch the keyring never re-keys.
+        assert_eq!(rekey_needed(&[new, old], &[new, old], Some(old)), None);
+        // Already on the preferred one.
+        assert_eq!(rekey_needed(&[new, old], &[old, new], Some(new)), None);
+        // Step 3, the old one removed while still in use.
+        assert_eq!(
+            rekey_needed(&[new], &[new, old], Some(old)),
+            Some(Rekey::Removed)
+        );
+        // No secret, no re-keying.
+        assert_eq!(rekey_needed(&[], &[], None), None);
     }
 
     #[test]
