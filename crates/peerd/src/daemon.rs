@@ -60,6 +60,10 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: OnReady,
 ) -> Result<()> {
+    // First: SIGHUP's default action ends the process, and `systemctl
+    // reload` may come at any time. Asks wait until the daemon is ready.
+    let (asks_tx, mut asks) = mpsc::channel(4);
+    crate::service::reload_on_sighup(asks_tx.clone())?;
     let cfg = Arc::new(cfg);
     let tls = Arc::new(Tls::load(&cfg)?);
     let tcp = TcpListener::bind(cfg.listen)
@@ -96,8 +100,6 @@ pub async fn run(
         message: e.to_string(),
     })?;
 
-    let (asks_tx, mut asks) = mpsc::channel(4);
-    crate::service::reload_on_sighup(asks_tx.clone())?;
     let tracker = TaskTracker::new();
     let key_ages = KeyAges::new(&paths.state_dir);
     let (settings_tx, settings) = watch::channel(Arc::new(Current {
