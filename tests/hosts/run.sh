@@ -382,15 +382,17 @@ ok "the right secret back on host 2: connected again"
 for h in 1 2; do
     p=$( [ "$h" = 1 ] && echo b || echo a ); i=$( [ "$h" = 1 ] && echo a || echo b )
     since=$(on "$h" 'date +%s')
-    local_before=$(on "$h" "peerctl status" | grep -m1 "session:")
+    # a session that stayed up 2 s: past any collision after the restart above
+    wait_on 20 "$h" "peerctl status | grep -Eq '^ +connected: +([2-9]|[1-9][0-9]+)s ago|^ +connected: +[0-9]+m'"
+    local_before=$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")
     readme "$h" reload    # systemctl reload must exit 0 (bash -e)
     wait_on 10 "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -q 'reloaded: heartbeat 5s -> 2s'"
     on "$h" "peerctl status" | grep -q "last reload: *applied .*heartbeat 5s -> 2s" || fail "host $h: status does not show the reload"
-    [ "$(on "$h" "peerctl status" | grep -m1 "session:")" = "$local_before" ] || fail "host $h: the reload replaced the session"
+    [ "$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")" = "$local_before" ] || fail "host $h: the reload replaced the session"
     on "$h" "cp /etc/peerd/$i.toml /root/$i.toml.good && echo 'bogus = 1' >> /etc/peerd/$i.toml && systemctl reload peerd@$i"
     wait_on 10 "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -q 'reload refused, still running on the old config: .*bogus'"
     on "$h" "systemctl is-active peerd@$i && cp /root/$i.toml.good /etc/peerd/$i.toml" >/dev/null
-    [ "$(on "$h" "peerctl status" | grep -m1 "session:")" = "$local_before" ] || fail "host $h: the refused reload touched the session"
+    [ "$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")" = "$local_before" ] || fail "host $h: the refused reload touched the session"
     ok "host $h: systemctl reload applied a new heartbeat and refused a broken config; the session ($local_before) stayed; journal: $(on "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -m1 'reload refused'" | cut -c1-100)..."
 done
 
