@@ -220,14 +220,14 @@ pub fn agree_key(
         Some(s) => Ok(Some(s.clone())),
         None => Err((
             HandshakeError::Auth(format!(
-                "no secret in common with peer {:?}: this node holds {}, the peer {} (secret ids; \
-                 add one of the peer's secrets here or one of ours there)",
+                "wrong secret? no secret in common with peer {:?}: this node holds {}, the peer {} \
+                 (secret ids; the same secret on both has the same id)",
                 hello.node,
                 auth::show_ids(&mine),
                 auth::show_ids(&hello.keys)
             )),
             format!(
-                "authentication failed: no secret in common ({} holds {})",
+                "authentication failed: wrong secret? no secret in common ({} holds {})",
                 cfg.node,
                 auth::show_ids(&mine)
             ),
