@@ -16,6 +16,7 @@ mod messages;
 mod origin;
 mod peers;
 mod plain;
+mod reload;
 mod service;
 mod status;
 mod storage;
