@@ -20,3 +20,4 @@ mod service;
 mod status;
 mod storage;
 mod tls;
+mod topologies;
