@@ -26,7 +26,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 /// A free loopback port below the kernel's ephemeral range, so no
 /// outgoing connection can take it between this check and the daemon's
 /// bind (see tests/support/lib.rs `free_port`).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = std::process::id() % 6_000;
@@ -93,6 +93,38 @@ impl Pair {
 }
 
 impl Node {
+    /// Node `name` in `dir` listening on `port`, linked to `peers` (name,
+    /// port), with `extra` config keys; not started.
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &str,
+    ) -> Result<Node> {
+        let config = dir.join(format!("{name}.toml"));
+        let mut text = format!("listen = \"127.0.0.1:{port}\"\nbackoff_max = \"200ms\"\n{extra}\n");
+        for (p, pp) in peers {
+            text.push_str(&format!(
+                "[[peer]]\nname = \"{p}\"\nurl = \"ws://127.0.0.1:{pp}/ws\"\n"
+            ));
+        }
+        std::fs::write(&config, text)?;
+        Ok(Node {
+            name: name.into(),
+            socket: dir.join(format!("{name}.sock")),
+            config,
+            state: dir.join(format!("{name}-state")),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        })
+    }
+
+    /// The daemon's state directory (its journal is in `journal/`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -16,6 +16,7 @@
 
 mod ceiling;
 mod daemons;
+mod hub;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -36,7 +37,7 @@ struct Plan {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only latency` (or throughput, backlog): one part, for profiling.
+    // `--only latency` (or throughput, backlog, hub): one part, for profiling.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let out_path = std::env::args()
@@ -171,6 +172,13 @@ fn main() -> Result<()> {
             backlog["queue_seconds"].as_f64().unwrap_or(0.0)
         ));
         results.insert("backlog".into(), backlog);
+    }
+
+    if wants("hub") {
+        let hub_plan = hub::HubPlan::new(quick);
+        let (doc, hub_rows) = hub::run(&hub_plan, &extra_config()).context("hub")?;
+        rows.extend(hub_rows);
+        results.insert("hub".into(), doc);
     }
 
     let machine = json!({
