@@ -324,6 +324,17 @@ impl Net {
                     .map(|e| e["body"].as_str().unwrap_or(""))
                     .collect();
                 let want = self.expected.get(&(o, d)).cloned().unwrap_or_default();
+                // The counter is rebuilt from the same records after a
+                // kill: skip notices and resends count nothing.
+                let counted = self.node(d).peer(&self.names[o])["msgs_received"].as_u64();
+                if counted != Some(want.len() as u64) {
+                    self.fail(&format!(
+                        "{} counts {counted:?} messages received from {}, {} expected",
+                        self.names[d],
+                        self.names[o],
+                        want.len()
+                    ));
+                }
                 if bodies != want {
                     let first = bodies
                         .iter()
