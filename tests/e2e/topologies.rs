@@ -173,7 +173,14 @@ impl Net {
                         } else {
                             plan.some_peers(&mut rng)
                         };
-                        sent.push(plan.batch(&to, &format!("{tag}s{k}"))?);
+                        match plan.batch(&to, &format!("{tag}s{k}")) {
+                            Ok(b) => sent.push(b),
+                            Err(e) => {
+                                // End the waits at once: the join reports it.
+                                batches.store(u64::MAX / 2, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
                         batches.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok::<_, String>(sent)
