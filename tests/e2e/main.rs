@@ -21,3 +21,4 @@ mod service;
 mod status;
 mod storage;
 mod tls;
+mod topologies;
