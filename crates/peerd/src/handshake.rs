@@ -1,6 +1,7 @@
 //! The handshake that opens every peer session (see `wire` for the
-//! protocol): the Hello exchange and, with a secret, the mutual proofs of
-//! `auth`. The dialler speaks first, naming itself; the listener checks the
+//! protocol), both directions in one place ([`as_dialler`],
+//! [`as_listener`]; `dial` and `listener` keep only the transport): the
+//! Hello exchange and, with a secret, the mutual proofs of `auth`. The dialler speaks first, naming itself; the listener checks the
 //! name against its configured peers and answers with its own Hello, filled
 //! in for that peer; then the dialler proves it knows the secret, and only
 //! after checking that proof does the listener prove it too. Both
@@ -50,6 +51,157 @@ impl From<String> for HandshakeError {
     }
 }
 
+/// Why dialling a peer did not give a session: typed, so the link task
+/// and `status` can tell a refusal from a network failure; one line each.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The peer's URL cannot be dialled.
+    BadUrl(String),
+    /// No TCP connection (refused, unreachable, DNS).
+    Connect { addr: String, error: std::io::Error },
+    /// TLS failed (certificate, handshake).
+    Tls(String),
+    /// The WebSocket upgrade was refused or failed (with the listener's
+    /// reason when it gave one).
+    Upgrade(String),
+    /// The other end is not a peerd (no `peerlink.v1`).
+    NotPeerd(String),
+    /// The peer handshake failed.
+    Handshake(HandshakeError),
+    /// All of it took longer than `handshake_timeout`.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::BadUrl(e) | LinkError::Tls(e) | LinkError::Upgrade(e) => f.write_str(e),
+            LinkError::Connect { addr, error } => write!(f, "connect {addr}: {error}"),
+            LinkError::NotPeerd(url) => {
+                write!(
+                    f,
+                    "{url} did not agree to subprotocol {}: not a peerd?",
+                    wire::SUBPROTOCOL
+                )
+            }
+            LinkError::Handshake(e) => e.fmt(f),
+            LinkError::Timeout(t) => {
+                write!(f, "no handshake within {}", humantime::format_duration(*t))
+            }
+        }
+    }
+}
+
+impl From<HandshakeError> for LinkError {
+    fn from(e: HandshakeError) -> Self {
+        LinkError::Handshake(e)
+    }
+}
+
+/// The connection a handshake runs over, past its upgrade.
+pub struct Conn {
+    pub ws: Ws,
+    pub liveness: Liveness,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// The dialler's side: we named `peer` and dialled it. Our Hello first,
+/// then the listener's, checked to be that peer; then the proofs.
+pub async fn as_dialler(
+    conn: Conn,
+    cfg: &Config,
+    journal: &Journal,
+    peer: &str,
+) -> Result<Established, HandshakeError> {
+    let Conn {
+        mut ws,
+        liveness,
+        remote,
+        local,
+    } = conn;
+    let mine = send_hello(&mut ws, hello_for(cfg, journal, peer)).await?;
+    let (hello, theirs) = read_hello(&mut ws).await?;
+    if let Err(e) = check_hello(&hello, Some(peer), cfg) {
+        refuse_protocol(ws, &e).await;
+        return Err(HandshakeError::Protocol(e));
+    }
+    // An authentication failure names the peer and its address (the log
+    // line and `status` of the dialler).
+    let named = |e: HandshakeError| match e {
+        HandshakeError::Auth(e) => HandshakeError::Auth(format!("{peer} ({remote}): {e}")),
+        e => e,
+    };
+    let secret = match agree_key(&hello, cfg, Role::Dialler) {
+        Ok(s) => s,
+        Err((e, reason)) => {
+            refuse(ws, CLOSE_AUTH, &reason).await;
+            return Err(named(e));
+        }
+    };
+    let t = Transcript {
+        dialler_hello: &mine,
+        listener_hello: &theirs,
+    };
+    authenticate_dialler(&mut ws, secret.as_ref(), &t)
+        .await
+        .map_err(named)?;
+    Ok(Established {
+        ws,
+        liveness,
+        hello,
+        dialled_by: cfg.node.clone(),
+        direction: Direction::Outbound,
+        remote,
+        local,
+        key: secret.map(|s| s.id()),
+    })
+}
+
+/// The listener's side: a dialler we do not know yet. Its Hello first,
+/// checked to be a configured peer; our Hello, filled in for it; then the
+/// proofs, its first.
+pub async fn as_listener(
+    conn: Conn,
+    cfg: &Config,
+    journal: &Journal,
+) -> Result<Established, HandshakeError> {
+    let Conn {
+        mut ws,
+        liveness,
+        remote,
+        local,
+    } = conn;
+    let (hello, theirs) = read_hello(&mut ws).await?;
+    if let Err(e) = check_hello(&hello, None, cfg) {
+        refuse_protocol(ws, &e).await;
+        return Err(HandshakeError::Protocol(e));
+    }
+    let secret = match agree_key(&hello, cfg, Role::Listener) {
+        Ok(s) => s,
+        Err((e, reason)) => {
+            refuse(ws, CLOSE_AUTH, &reason).await;
+            return Err(e);
+        }
+    };
+    let mine = send_hello(&mut ws, hello_for(cfg, journal, &hello.node)).await?;
+    let t = Transcript {
+        dialler_hello: &theirs,
+        listener_hello: &mine,
+    };
+    authenticate_listener(&mut ws, secret.as_ref(), &t).await?;
+    Ok(Established {
+        ws,
+        liveness,
+        dialled_by: hello.node.clone(),
+        hello,
+        direction: Direction::Inbound,
+        remote,
+        local,
+        key: secret.map(|s| s.id()),
+    })
+}
+
 /// A session whose handshake is complete, on its way to its link task.
 pub struct Established {
     pub ws: Ws,
@@ -68,7 +220,7 @@ pub struct Established {
 }
 
 /// Our Hello to `peer`.
-pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
+fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
     let st = journal.peer(peer);
     Hello {
         node: cfg.node.clone(),
@@ -84,7 +236,7 @@ pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
 }
 
 /// Send our Hello; returns the bytes sent (they are part of the transcript).
-pub async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
+async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
     let bytes = PeerFrame::Hello(hello)
         .encode()
         .map_err(|e| e.to_string())?;
@@ -96,7 +248,7 @@ pub async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
 
 /// Read the peer's Hello; returns it and its bytes. A Hello of another
 /// protocol version is refused with a message saying which.
-pub async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
+async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
     let bytes = read_binary(ws).await?;
     match PeerFrame::decode(&bytes) {
         Ok(PeerFrame::Hello(h)) => Ok((h, bytes)),
@@ -112,7 +264,7 @@ pub async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
 }
 
 /// Read the next peer frame, skipping pings and pongs.
-pub async fn read_frame(ws: &mut Ws) -> Result<PeerFrame, String> {
+async fn read_frame(ws: &mut Ws) -> Result<PeerFrame, String> {
     let bytes = read_binary(ws).await?;
     PeerFrame::decode(&bytes).map_err(|e| format!("handshake: {e}"))
 }
@@ -137,7 +289,7 @@ async fn read_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
 }
 
 /// Send one peer frame.
-pub async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
+async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
     let bytes = frame.encode().map_err(|e| e.to_string())?;
     ws.send(Message::Binary(bytes.into()))
         .await
@@ -145,7 +297,7 @@ pub async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
 }
 
 /// Check a peer's Hello: version, and that it is who we think.
-pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Result<(), String> {
+fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Result<(), String> {
     if hello.version != WIRE_VERSION {
         return Err(format!(
             "peer {} speaks peer protocol version {} (peerd {}), this node speaks {} (peerd {})",
@@ -176,7 +328,7 @@ pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Resul
 /// and with secrets [`auth::agree`] picks one both hold. A mismatch is
 /// refused at once: the error for our log, and the close reason for the
 /// peer's, both saying which side lacks what.
-pub fn agree_key(
+fn agree_key(
     hello: &Hello,
     cfg: &Config,
     role: Role,
@@ -237,7 +389,7 @@ pub fn agree_key(
 
 /// The dialler's side of authentication (with a secret): prove, then
 /// check the listener's proof. Closes the connection on failure.
-pub async fn authenticate_dialler(
+async fn authenticate_dialler(
     ws: &mut Ws,
     secret: Option<&Secret>,
     t: &Transcript<'_>,
@@ -269,7 +421,7 @@ pub async fn authenticate_dialler(
 
 /// The listener's side of authentication (with a secret): check the
 /// dialler's proof, and only then prove. Closes the connection on failure.
-pub async fn authenticate_listener(
+async fn authenticate_listener(
     ws: &mut Ws,
     secret: Option<&Secret>,
     t: &Transcript<'_>,

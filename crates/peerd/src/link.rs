@@ -42,7 +42,7 @@ use crate::auth::KeyId;
 use crate::backoff::Backoff;
 use crate::config::{Config, Peer};
 use crate::dial;
-use crate::handshake::{self, Established};
+use crate::handshake::{self, Established, LinkError};
 use crate::journal::Journal;
 use crate::reload::{Current, Settings};
 use crate::session::{self, CloseReason};
@@ -121,7 +121,7 @@ impl Link {
         // Dialling while a session is up, to re-key it (module doc).
         let mut rekey: Option<Rekey> = None;
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(u64, session::Ended)>();
-        let (dialled_tx, mut dialled_rx) = mpsc::channel::<Result<Established, String>>(1);
+        let (dialled_tx, mut dialled_rx) = mpsc::channel::<Result<Established, LinkError>>(1);
         let mut live: Option<Live> = None;
         let mut dialling = false;
         let mut next_dial = Instant::now();
@@ -172,6 +172,8 @@ impl Link {
                 }
                 Some(result) = dialled_rx.recv() => {
                     dialling = false;
+                    // (Logged and shown in `status` as one line.)
+                    let result = result.map_err(|e| e.to_string());
                     let rekeying = rekey.take();
                     match result {
                         Ok(est) => {
@@ -255,9 +257,7 @@ impl Link {
                             _ = shutdown.cancelled() => return,
                             r = tokio::time::timeout(timeout, dial::dial(cfg, &journal, tls, &peer)) => r,
                         };
-                        let r = r.unwrap_or_else(|_| {
-                            Err(format!("no handshake within {}", humantime::format_duration(timeout)))
-                        });
+                        let r = r.unwrap_or(Err(LinkError::Timeout(timeout)));
                         let _ = tx.send(r).await;
                     });
                 }

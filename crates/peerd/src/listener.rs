@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerlink::control::Direction;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -33,7 +32,6 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Role, Transcript};
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
@@ -213,7 +211,7 @@ async fn accept(
     if let Some(why) = forbidden {
         return Err(HandshakeError::Forbidden(why));
     }
-    let mut ws = upgraded.map_err(|e| format!("websocket upgrade: {e}"))?;
+    let ws = upgraded.map_err(|e| format!("websocket upgrade: {e}"))?;
     if !wants_peer {
         if !ctx.cfg.plain_clients_allowed() {
             handshake::refuse(
@@ -230,33 +228,12 @@ async fn accept(
         }
         return Ok(Accepted::Plain(ws));
     }
-    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
-    if let Err(e) = handshake::check_hello(&hello, None, &ctx.cfg) {
-        handshake::refuse_protocol(ws, &e).await;
-        return Err(e.into());
-    }
-    let secret = match handshake::agree_key(&hello, &ctx.cfg, Role::Listener) {
-        Ok(s) => s,
-        Err((e, reason)) => {
-            handshake::refuse(ws, CLOSE_AUTH, &reason).await;
-            return Err(e);
-        }
-    };
-    let mine = handshake::hello_for(&ctx.cfg, journal, &hello.node);
-    let mine = handshake::send_hello(&mut ws, mine).await?;
-    let t = Transcript {
-        dialler_hello: &theirs,
-        listener_hello: &mine,
-    };
-    handshake::authenticate_listener(&mut ws, secret.as_ref(), &t).await?;
-    Ok(Accepted::Peer(Established {
+    let conn = handshake::Conn {
         ws,
         liveness,
-        dialled_by: hello.node.clone(),
-        hello,
-        direction: Direction::Inbound,
         remote,
         local,
-        key: secret.map(|s| s.id()),
-    }))
+    };
+    let est = handshake::as_listener(conn, &ctx.cfg, journal).await?;
+    Ok(Accepted::Peer(est))
 }
