@@ -446,13 +446,14 @@ impl Writer {
         }
         let shared = self.shared.clone();
         let opts = &shared.opts;
-        if writes.iter().any(|w| matches!(w, Write::Outbox { .. })) {
-            self.settle_all();
-        }
+        // The queues as last counted: a count not settled since acks came
+        // is too high, never too low, so it is settled (which may read the
+        // disk) only when a limit seems reached, off the common path.
         let (members, mut qs, mut recv) = {
             let st = lock(&self.shared);
             (st.members.clone(), st.queues.clone(), st.peers.clone())
         };
+        let mut qs0 = qs.clone();
         let mut addressed = false;
         let mut received: HashMap<String, (u64, u64)> = HashMap::new();
         let mut lost: Vec<(String, u64)> = Vec::new();
@@ -482,12 +483,40 @@ impl Writer {
                         .iter()
                         .map(|b| queues::disk_bytes(8 + to_len + b.len()))
                         .sum();
-                    let full = dests.iter().find_map(|p| {
+                    let over = |q: queues::PeerQueue| {
+                        q.msgs + n > opts.outbox_limit_messages
+                            || q.bytes + bytes > opts.outbox_limit_bytes
+                    };
+                    let mut full = None;
+                    for p in &dests {
+                        if !over(qs.get(p).copied().unwrap_or_default()) {
+                            continue;
+                        }
+                        // Settle, keeping what this batch added.
+                        if let Err(e) = queues::settle(&self.shared, p) {
+                            tracing::warn!("journal: counting {p}'s queue: {e}");
+                        }
+                        let settled = lock(&self.shared).queues.get(p).copied();
+                        if let Some(settled) = settled {
+                            let before = qs0.get(p).copied().unwrap_or_default();
+                            let q = qs.entry(p.clone()).or_default();
+                            q.msgs = settled.msgs + (q.msgs - before.msgs);
+                            q.bytes = settled.bytes + (q.bytes - before.bytes);
+                            q.counted_to = settled.counted_to;
+                            q.pending_from = if q.msgs == settled.msgs {
+                                settled.pending_from // nothing of this batch yet
+                            } else {
+                                q.pending_from.or(settled.pending_from)
+                            };
+                            q.full_warned = settled.full_warned;
+                            qs0.insert(p.clone(), settled);
+                        }
                         let q = qs.get(p).copied().unwrap_or_default();
-                        (q.msgs + n > opts.outbox_limit_messages
-                            || q.bytes + bytes > opts.outbox_limit_bytes)
-                            .then(|| (p.clone(), q))
-                    });
+                        if over(q) {
+                            full = Some((p.clone(), q));
+                            break;
+                        }
+                    }
                     if let Some((peer, q)) = full {
                         let e = self.outbox_full(&peer, q);
                         replies.push(Reply::Outbox(reply, Err(e)));
