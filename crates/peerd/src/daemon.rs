@@ -19,7 +19,9 @@ use crate::journal::{self, Journal};
 use crate::link::Link;
 use crate::listener::{self, Accepting};
 use crate::server::{self, Control};
-use crate::status::PeerBoard;
+use crate::console::Tokens;
+use crate::status::{Observed, PeerBoard, Tally};
+use crate::web;
 use crate::tls::Tls;
 
 /// Where this run keeps its files (resolved by `peerlink::paths`).
@@ -35,9 +37,9 @@ pub struct Paths {
 pub struct Ready {
     /// The address it actually listens on (port 0 resolved).
     pub listen: std::net::SocketAddr,
-    /// The status record of each peer link, for the service manager's
+    /// Where status snapshots come from, for the service manager's
     /// STATUS= line (`service::notify`); read-only for the caller.
-    pub boards: Vec<PeerBoard>,
+    pub observed: Arc<Observed>,
 }
 
 /// Called once the daemon is ready to serve (listener and control socket
@@ -60,6 +62,18 @@ pub async fn run(
             source,
         })?;
     let listen = tcp.local_addr()?;
+    let http = match cfg.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let control = peerlink::endpoint::bind(&paths.socket, paths.shared_socket).await?;
     if cfg.insecure_listen() {
         tracing::warn!(
@@ -88,6 +102,7 @@ pub async fn run(
     })?;
 
     let tracker = TaskTracker::new();
+    let tally = Arc::new(Tally::default());
     let mut links = HashMap::new();
     let mut boards = Vec::new();
     for peer in &cfg.peers {
@@ -101,6 +116,7 @@ pub async fn run(
             journal: journal.clone(),
             tls: tls.clone(),
             board,
+            tally: tally.clone(),
             offers: rx,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
@@ -112,6 +128,7 @@ pub async fn run(
         journal: journal.clone(),
         tls,
         links,
+        tally: tally.clone(),
     });
     tracker.spawn(listener::run(
         tcp,
@@ -119,22 +136,46 @@ pub async fn run(
         shutdown.clone(),
         tracker.clone(),
     ));
+    let observed = Arc::new(Observed {
+        cfg: cfg.clone(),
+        journal: journal.clone(),
+        boards,
+        tally,
+        started_ms: peerlink::now_ms(),
+        listen: listen.to_string(),
+        http_listen: http_addr.map(|a| a.to_string()),
+        socket: paths.socket.display().to_string(),
+        state_dir: paths.state_dir.display().to_string(),
+    });
     let ready = Ready {
         listen,
-        boards: boards.clone(),
+        observed: observed.clone(),
     };
     let ctl = Arc::new(Control {
         cfg: cfg.clone(),
         journal: journal.clone(),
-        boards,
-        started_ms: peerlink::now_ms(),
-        listen: listen.to_string(),
-        socket: paths.socket.display().to_string(),
-        state_dir: paths.state_dir.display().to_string(),
+        observed,
+        console: http_addr.map(|a| Arc::new(Tokens::new(a))),
     });
+    if let (Some(http), Some(addr)) = (http, http_addr) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "insecure = true: http_listen {addr} is reachable beyond this host; /metrics needs no token there"
+            );
+        }
+        tracker.spawn(web::run(
+            http,
+            ctl.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     tracker.spawn(server::run(control, ctl, shutdown.clone(), tracker.clone()));
+    let http_note = http_addr
+        .map(|a| format!(", http on {a} (/metrics, console)"))
+        .unwrap_or_default();
     tracing::info!(
-        "peerd {} ({}) ready: listening on {listen}{}, control socket {}",
+        "peerd {} ({}) ready: listening on {listen}{}, control socket {}{http_note}",
         cfg.instance,
         peerlink::VERSION,
         cfg.path,

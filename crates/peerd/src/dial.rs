@@ -12,6 +12,7 @@ use crate::config::{Config, Peer};
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::tls::Tls;
+use crate::status::Tally;
 use crate::transport::{Io, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
@@ -22,6 +23,7 @@ pub async fn dial(
     journal: &Journal,
     tls: &Tls,
     peer: &Peer,
+    tally: &Tally,
 ) -> Result<Established, String> {
     let mut request = peer
         .url
@@ -74,6 +76,7 @@ pub async fn dial(
     }
     if let Err(e) = handshake::check_auth_mode(&hello, cfg) {
         handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(cfg)).await;
+        tally.auth_failed();
         return Err(format!("{} ({remote}): {e}", peer.name));
     }
     let t = Transcript {
@@ -83,7 +86,10 @@ pub async fn dial(
     handshake::authenticate_dialler(&mut ws, cfg, &t)
         .await
         .map_err(|e| match e {
-            HandshakeError::Auth(_) => format!("{} ({remote}): {e}", peer.name),
+            HandshakeError::Auth(_) => {
+                tally.auth_failed();
+                format!("{} ({remote}): {e}", peer.name)
+            }
             HandshakeError::Protocol(e) | HandshakeError::Forbidden(e) => e,
         })?;
     Ok(Established {

@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use peerlink::control::{Entry, JournalStatus};
+use peerlink::control::{Entry, Histogram, JournalStatus};
 
 use self::log::LogIndex;
 use crate::wire::Record;
@@ -144,6 +144,8 @@ struct State {
     floor: u64,
     /// The last write that failed (and when), until a write succeeds.
     storage_error: Option<(String, u64)>,
+    /// What the writer measured since start (for status and metrics).
+    stats: Stats,
     /// Per peer: our records below this were reported lost to it.
     lost_told: HashMap<String, u64>,
     /// Per peer: queued records the operator dropped (`peerctl drop`),
@@ -181,6 +183,27 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Messages known lost between us and the peer, either way.
     pub msgs_lost: u64,
+}
+
+/// The writer's measurements since start.
+struct Stats {
+    commit_us: Histogram,
+    batch_records: Histogram,
+    storage_errors: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            // 50 µs to 5 s: a page-cache write to a slow disk's fsync.
+            commit_us: Histogram::new(&[
+                50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+                500_000, 1_000_000, 5_000_000,
+            ]),
+            batch_records: Histogram::new(&[1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]),
+            storage_errors: 0,
+        }
+    }
 }
 
 enum Write {
@@ -590,9 +613,25 @@ impl Journal {
         self.shared.acked_all.subscribe()
     }
 
+    /// How many of our messages `peer` has acknowledged in this epoch,
+    /// and their bytes as stored (the stream position of the first one it
+    /// has not).
+    pub fn acked(&self, peer: &str) -> (u64, u64) {
+        let next = self.peer(peer).acked_next;
+        let bytes = pos_of(&self.shared, |st| &st.outbox, next).unwrap_or(0);
+        (next.saturating_sub(1), bytes)
+    }
+
     pub fn status(&self) -> JournalStatus {
         let st = self.lock();
         JournalStatus {
+            storage_errors: st.stats.storage_errors,
+            outbox_msgs: st.outbox.next().saturating_sub(st.floor),
+            outbox_bytes: st.outbox.end_pos().saturating_sub(st.floor_pos),
+            inbox_msgs: st.inbox.next().saturating_sub(st.inbox_first),
+            inbox_bytes: st.inbox.end_pos().saturating_sub(st.inbox_first_pos),
+            commit_us: st.stats.commit_us.clone(),
+            batch_records: st.stats.batch_records.clone(),
             durable: self.durable(),
             epoch: self.shared.epoch,
             outbox_next: st.outbox.next(),

@@ -29,6 +29,7 @@ use crate::dial;
 use crate::handshake::{self, Established};
 use crate::journal::Journal;
 use crate::session::{self, CloseReason};
+use crate::status::Tally;
 use crate::status::PeerBoard;
 use crate::tls::Tls;
 use crate::wire::CLOSE_DUPLICATE;
@@ -47,6 +48,8 @@ pub struct Link {
     /// What `wss://` dials trust.
     pub tls: Arc<Tls>,
     pub board: PeerBoard,
+    /// Counts failed authentications of our dials.
+    pub tally: Arc<Tally>,
     /// Sessions the listener accepted from this peer.
     pub offers: mpsc::Receiver<Established>,
     pub shutdown: CancellationToken,
@@ -73,6 +76,8 @@ impl Link {
         // The last session ended as the loser of a collision (not a
         // reconnect when the kept one arrives).
         let mut after_collision = false;
+        // Why the last session ended: the reason of the next reconnect.
+        let mut down_reason = "connection";
         // The last dial error logged at warn: a new kind of failure (wrong
         // secret, bad certificate) is logged once, not at every retry.
         let mut last_warned: Option<String> = None;
@@ -81,13 +86,13 @@ impl Link {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 Some(est) = self.offers.recv() => {
-                    self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx);
+                    self.offer(est, &mut live, &mut next_id, &mut sessions, (std::mem::take(&mut after_collision), down_reason), &ended_tx);
                 }
                 Some(result) = dialled_rx.recv() => {
                     dialling = false;
                     match result {
                         Ok(est) => {
-                            self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx)
+                            self.offer(est, &mut live, &mut next_id, &mut sessions, (std::mem::take(&mut after_collision), down_reason), &ended_tx)
                         }
                         Err(e) => {
                             if last_warned.as_deref() != Some(e.as_str()) {
@@ -126,6 +131,7 @@ impl Link {
                                 tracing::debug!(peer = %self.peer.name, "link down again: {}", ended.why);
                             }
                             after_collision = false;
+                            down_reason = reconnect_reason(&ended.why);
                             next_dial = self.schedule(&mut backoff, &ended.why);
                         }
                     }
@@ -138,19 +144,20 @@ impl Link {
                             s.next_attempt_ms = None;
                         }
                     });
-                    let (cfg, journal, tls, peer, tx) = (
+                    let (cfg, journal, tls, peer, tx, tally) = (
                         self.cfg.clone(),
                         self.journal.clone(),
                         self.tls.clone(),
                         self.peer.clone(),
                         dialled_tx.clone(),
+                        self.tally.clone(),
                     );
                     let shutdown = self.shutdown.clone();
                     self.tracker.spawn(async move {
                         let timeout = cfg.handshake_timeout;
                         let r = tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            r = tokio::time::timeout(timeout, dial::dial(&cfg, &journal, &tls, &peer)) => r,
+                            r = tokio::time::timeout(timeout, dial::dial(&cfg, &journal, &tls, &peer, &tally)) => r,
                         };
                         let r = r.unwrap_or_else(|_| {
                             Err(format!("no handshake within {}", humantime::format_duration(timeout)))
@@ -189,7 +196,7 @@ impl Link {
         live: &mut Option<Live>,
         next_id: &mut u64,
         sessions: &mut u64,
-        after_collision: bool,
+        (after_collision, reason): (bool, &'static str),
         ended: &mpsc::UnboundedSender<(u64, session::Ended)>,
     ) {
         // Winning a collision against the other side's session is not a
@@ -229,6 +236,7 @@ impl Link {
             s.next_attempt_ms = None;
             if *sessions > 0 && !collision {
                 s.reconnects += 1;
+                *s.reconnect_reasons.entry(reason.to_string()).or_default() += 1;
             }
         });
         *sessions += 1;
@@ -249,6 +257,26 @@ impl Link {
             let why = ctx.run(est, close_rx).await;
             let _ = ended.send((id, why));
         });
+    }
+}
+
+/// The `reason` label of a reconnect, from why the session before it
+/// ended (the one-line reasons of [`session`]).
+pub fn reconnect_reason(why: &str) -> &'static str {
+    if why.starts_with("nothing received for") {
+        "timeout"
+    } else if why.starts_with("peer closed the link") {
+        "peer_closed"
+    } else if why.starts_with("paused:") {
+        "storage"
+    } else if why.starts_with("bad ")
+        || why.starts_with("unexpected ")
+        || why.starts_with("data of epoch")
+        || why.starts_with("text frame")
+    {
+        "protocol"
+    } else {
+        "connection"
     }
 }
 
@@ -274,6 +302,17 @@ mod tests {
         );
         // The rule does not depend on which node evaluates it: it has no
         // "me" argument at all, so a and b cannot disagree.
+    }
+
+    #[test]
+    fn reconnect_reasons_are_a_few_labels() {
+        use super::reconnect_reason as r;
+        assert_eq!(r("nothing received for 15s"), "timeout");
+        assert_eq!(r("peer closed the link: going away"), "peer_closed");
+        assert_eq!(r("paused: b's disk full"), "storage");
+        assert_eq!(r("bad frame from peer: x"), "protocol");
+        assert_eq!(r("connection closed"), "connection");
+        assert_eq!(r("Connection reset by peer (os error 104)"), "connection");
     }
 
     #[test]

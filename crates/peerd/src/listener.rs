@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
+use crate::status::Tally;
 use crate::tls::Tls;
 use crate::transport::{Ws, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
@@ -51,6 +52,8 @@ pub struct Accepting {
     pub tls: Arc<Tls>,
     /// The link task of each peer, by node name.
     pub links: HashMap<String, mpsc::Sender<Established>>,
+    /// Counts failed authentications.
+    pub tally: Arc<Tally>,
 }
 
 /// Accept until `shutdown`.
@@ -111,7 +114,10 @@ pub async fn run(
             drop(ticket);
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
-                Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
+                Ok(Err(e @ HandshakeError::Auth(_))) => {
+                    ctx.tally.auth_failed();
+                    tracing::warn!(%remote, "peer refused: {e}");
+                }
                 Ok(Err(HandshakeError::Forbidden(e))) => tracing::warn!(%remote, "{e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(Accepted::Peer(est))) => {

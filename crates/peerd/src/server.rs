@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use peerlink::control::{
-    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TAIL_BATCH_BYTES, TailStart,
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, TAIL_BATCH_BYTES, TailStart,
     request_limit,
 };
 use peerlink::endpoint::{RecvHalf, SendHalf};
@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::journal::{Journal, JournalError};
-use crate::status::PeerBoard;
+use crate::console::Tokens;
+use crate::status::{Observed, Refused};
 
 /// Entries per `Entries` reply while catching up.
 const TAIL_CHUNK: usize = 1000;
@@ -47,11 +48,10 @@ pub const MAX_PIPELINED: usize = 64;
 pub struct Control {
     pub cfg: Arc<Config>,
     pub journal: Journal,
-    pub boards: Vec<PeerBoard>,
-    pub started_ms: u64,
-    pub listen: String,
-    pub socket: String,
-    pub state_dir: String,
+    /// Where status snapshots come from (and the refusal counters).
+    pub observed: Arc<Observed>,
+    /// The browser console's one-time tokens, when `http_listen` is set.
+    pub console: Option<Arc<Tokens>>,
 }
 
 /// Serve clients until `shutdown`.
@@ -99,7 +99,7 @@ pub async fn run(
     }
 }
 
-type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
+pub type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
@@ -176,8 +176,12 @@ async fn serve(conn: Stream, ctx: &Control) {
                     let out = drop_record(ctx, peer, seq);
                     replies.push_back(Box::pin(async move { vec![out] }));
                 }
+                Ok(Some(Request::Console)) => {
+                    let out = console_url(ctx);
+                    replies.push_back(Box::pin(async move { vec![out] }));
+                }
                 Ok(Some(Request::Status)) => {
-                    let status = status(ctx);
+                    let status = ctx.observed.snapshot();
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
                 }
                 Ok(Some(Request::Tail { start, follow })) => {
@@ -241,10 +245,11 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
 /// second one once every peer has it. `Sent` goes out as soon as the
 /// messages are durable, not with `Delivered`, so a client whose daemon
 /// goes away mid-wait knows they were stored (and will be delivered).
-fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Replies>) {
+pub fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Replies>) {
     let refused = refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance)
         .or_else(|| peer_refusal(&bodies, ctx));
-    if let Some(message) = refused {
+    if let Some((why, message)) = refused {
+        ctx.observed.tally.refused(why);
         let error = Response::Error {
             kind: ErrorKind::Rejected,
             message,
@@ -283,8 +288,16 @@ fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Rep
             }
         })
     });
+    let tally = ctx.observed.tally.clone();
     let stored = Box::pin(async move {
-        match appended.await {
+        let r = appended.await;
+        match &r {
+            Ok(_) => {}
+            Err(JournalError::OutboxFull { .. }) => tally.refused(Refused::OutboxFull),
+            Err(JournalError::Closed) => tally.refused(Refused::ShuttingDown),
+            Err(_) => tally.refused(Refused::Storage),
+        }
+        match r {
             Ok((first, last)) => {
                 let _ = stored_tx.send(last);
                 vec![Response::Sent { first, last }]
@@ -312,13 +325,13 @@ fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Rep
 /// A message larger than a peer takes (its `max_message`, learned in the
 /// handshake) is refused here, naming both limits, rather than queued to
 /// hold that peer's queue.
-fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<String> {
+fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<(Refused, String)> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
-    ctx.boards.iter().find_map(|b| {
+    ctx.observed.boards.iter().find_map(|b| {
         let s = b.snapshot();
         let limit = s.peer_max_message?;
         (biggest > limit).then(|| {
-            format!(
+            let m = format!(
                 "a message of {biggest} bytes is larger than {}'s max_message ({}), though within \
                  this node's ({}); nothing was queued. Raise max_message on {} or send smaller \
                  messages",
@@ -326,14 +339,15 @@ fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<String> {
                 crate::units::Size(limit),
                 crate::units::Size(ctx.cfg.max_message),
                 s.name
-            )
+            );
+            (Refused::PeerMaxMessage, m)
         })
     })
 }
 
 /// Why a batch of bodies is refused whole, if it is: an empty message
 /// (never stored) or one over `max_message`.
-fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<String> {
+fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<(Refused, String)> {
     let (i, b) = bodies
         .iter()
         .enumerate()
@@ -343,19 +357,23 @@ fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<Strin
     } else {
         "message".to_string()
     };
-    let why = if b.is_empty() {
-        format!("{which} is empty; empty messages are never stored")
+    let (kind, why) = if b.is_empty() {
+        (
+            Refused::Empty,
+            format!("{which} is empty; empty messages are never stored"),
+        )
     } else {
-        format!(
+        let m = format!(
             "{which} of {} bytes is larger than max_message ({}) of instance {instance}",
             b.len(),
             crate::units::Size(max_message)
-        )
+        );
+        (Refused::TooLarge, m)
     };
     Some(if bodies.len() > 1 {
-        format!("{why}; nothing in this batch was queued")
+        (kind, format!("{why}; nothing in this batch was queued"))
     } else {
-        why
+        (kind, why)
     })
 }
 
@@ -384,38 +402,17 @@ fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
     }
 }
 
-fn status(ctx: &Control) -> Status {
-    let peers = ctx
-        .boards
-        .iter()
-        .map(|b| {
-            let mut s = b.snapshot();
-            let (msgs, bytes, oldest) = ctx.journal.queued(&s.name);
-            s.queued_msgs = msgs;
-            s.queued_bytes = bytes;
-            s.oldest_queued_ms = oldest;
-            // Traffic counters live in the journal, so they survive restarts.
-            let c = ctx.journal.counters(&s.name);
-            s.msgs_sent = c.msgs_sent;
-            s.bytes_sent = c.bytes_sent;
-            s.msgs_received = c.msgs_received;
-            s.bytes_received = c.bytes_received;
-            s.msgs_lost = c.msgs_lost;
-            s
-        })
-        .collect();
-    Status {
-        instance: ctx.cfg.instance.clone(),
-        node: ctx.cfg.node.clone(),
-        version: peerlink::VERSION.to_string(),
-        pid: std::process::id(),
-        started_ms: ctx.started_ms,
-        now_ms: peerlink::now_ms(),
-        listen: ctx.listen.clone(),
-        socket: ctx.socket.clone(),
-        state_dir: ctx.state_dir.clone(),
-        journal: ctx.journal.status(),
-        peers,
+/// `peerctl console`: a URL with a fresh one-time token, or why not.
+fn console_url(ctx: &Control) -> Response {
+    match &ctx.console {
+        Some(tokens) => Response::Console { url: tokens.issue() },
+        None => Response::Error {
+            kind: ErrorKind::Rejected,
+            message: format!(
+                "the console is off: instance {} has no http_listen (set e.g. http_listen = \"127.0.0.1:9180\" in {})",
+                ctx.cfg.instance, ctx.cfg.source
+            ),
+        },
     }
 }
 
@@ -518,14 +515,23 @@ mod tests {
             segment_bytes: 1 << 20,
         })
         .unwrap();
-        Control {
-            cfg: Arc::new(cfg),
-            journal,
+        let cfg = Arc::new(cfg);
+        let observed = Arc::new(Observed {
+            cfg: cfg.clone(),
+            journal: journal.clone(),
             boards: Vec::new(),
+            tally: Default::default(),
             started_ms: 0,
             listen: String::new(),
+            http_listen: None,
             socket: String::new(),
             state_dir: String::new(),
+        });
+        Control {
+            cfg,
+            journal,
+            observed,
+            console: None,
         }
     }
 
@@ -560,6 +566,9 @@ mod tests {
             "message of 1025 bytes is larger than max_message (1KiB) of instance a"
         );
         let m = refused(send(&ctx, vec![b"x".to_vec(), Vec::new()], false).0.await);
+        let counted = ctx.observed.snapshot().refused_sends;
+        assert_eq!(counted.get("too_large"), Some(&1), "{counted:?}");
+        assert_eq!(counted.get("empty"), Some(&1), "{counted:?}");
         assert_eq!(
             m,
             "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"

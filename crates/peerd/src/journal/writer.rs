@@ -216,6 +216,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         floor,
         floor_pos: 0,
         storage_error: None,
+        stats: super::Stats::default(),
         lost_told: HashMap::new(),
         dropped,
         peers,
@@ -279,6 +280,20 @@ fn opts_instance(dir: &Path) -> String {
 }
 
 /// A new journal: a fresh epoch, written down before any record exists.
+/// Records (messages and loss notices) a batch of writes stores, for the
+/// batch-size histogram.
+fn records_in(writes: &[Write]) -> u64 {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Outbox { bodies, .. } => bodies.len() as u64,
+            Write::Inbox { records, .. } => records.len() as u64,
+            Write::Local { .. } | Write::Lost { .. } => 1,
+            Write::Checkpoint { .. } | Write::Close { .. } => 0,
+        })
+        .sum()
+}
+
 fn create(dir: &Path, fsync: bool) -> Result<StateFile, JournalError> {
     for sub in ["outbox", "inbox"] {
         let has_segments = std::fs::read_dir(dir.join(sub))
@@ -407,6 +422,7 @@ impl Writer {
         let mut failed: Option<std::io::Error> = None;
         let mut skipped = Vec::new();
         let now = peerlink::now_ms();
+        let records = records_in(&writes);
         for w in writes {
             if failed.is_some() {
                 skipped.push(w);
@@ -575,10 +591,17 @@ impl Writer {
                 Write::Checkpoint { .. } | Write::Close { .. } => {}
             }
         }
+        let started = Instant::now();
         let committed = match failed {
             Some(e) => Err(e),
             None => self.commit_logs(),
         };
+        if committed.is_ok() {
+            let took = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+            let mut st = lock(&self.shared);
+            st.stats.commit_us.observe(took);
+            st.stats.batch_records.observe(records);
+        }
         let (outbox_updates, inbox_updates) = match committed {
             Ok(u) => u,
             Err(e) => {
@@ -587,7 +610,11 @@ impl Writer {
                 } else {
                     tracing::debug!("journal: write failed again, batch not stored: {e}");
                 }
-                lock(&self.shared).storage_error = Some((e.to_string(), now));
+                {
+                    let mut st = lock(&self.shared);
+                    st.storage_error = Some((e.to_string(), now));
+                    st.stats.storage_errors += 1;
+                }
                 if let Err(r) = self.outbox.rollback().and(self.inbox.rollback()) {
                     let why =
                         format!("the journal could not undo a failed write ({r}); restart peerd");
@@ -730,6 +757,7 @@ impl Writer {
                 tracing::warn!("journal: cannot write {}/state.toml: {e}", dir.display());
             }
             st.storage_error = Some((format!("writing state.toml: {e}"), peerlink::now_ms()));
+            st.stats.storage_errors += 1;
             return Err(JournalError::storage("writing the state file", e));
         }
         if deletable {

@@ -12,9 +12,9 @@
 //!   runtime stops feeding it and systemd restarts the daemon;
 //! - `STOPPING=1` as soon as shutdown starts.
 //!
-//! The link tasks own the status records ([`PeerBoard`]); this module only
-//! polls them (every [`STATUS_EVERY`]) and sends a new `STATUS=` when the
-//! line changed. A failed notification is logged once at debug level: the
+//! The line is made from the daemon's one status snapshot
+//! ([`Observed::snapshot`], what `peerctl status` shows), polled every
+//! [`STATUS_EVERY`]; a new `STATUS=` goes out when the line changed. A failed notification is logged once at debug level: the
 //! daemon's work never depends on anyone listening.
 
 use std::time::Duration;
@@ -22,6 +22,10 @@ use std::time::Duration;
 use peerlink::control::{LinkState, PeerStatus};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use crate::status::Observed;
+#[cfg(test)]
 use crate::status::PeerBoard;
 
 /// How often the link state is looked at for a new `STATUS=` line.
@@ -43,12 +47,12 @@ pub fn wanted() -> bool {
 /// Send READY=1 with a first STATUS= line, then keep STATUS= current and
 /// feed the watchdog until `shutdown`. Does nothing when no service
 /// manager listens. Call from inside the runtime.
-pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
+pub fn start(observed: Arc<Observed>, shutdown: CancellationToken) {
     if !wanted() {
         return;
     }
     let mut notifier = Notifier { failed: false };
-    let mut last = status_of(&boards);
+    let mut last = status_of(&observed);
     notifier.send(&[Note::Ready, Note::Status(&last)]);
     let watchdog = watchdog_interval();
     if let Some(every) = watchdog {
@@ -65,7 +69,7 @@ pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
                 // STOPPING=1 was sent by the signal handler ([`stopping`]).
                 _ = shutdown.cancelled() => return,
                 _ = status_tick.tick() => {
-                    let now = status_of(&boards);
+                    let now = status_of(&observed);
                     if now != last {
                         notifier.send(&[Note::Status(&now)]);
                         last = now;
@@ -130,9 +134,9 @@ impl Notifier {
     }
 }
 
-fn status_of(boards: &[PeerBoard]) -> String {
-    let peers: Vec<PeerStatus> = boards.iter().map(PeerBoard::snapshot).collect();
-    status_line(&peers, peerlink::now_ms())
+fn status_of(observed: &Observed) -> String {
+    let s = observed.snapshot();
+    status_line(&s.peers, s.now_ms)
 }
 
 /// The `STATUS=` line: one clause per peer, `; ` between them.
