@@ -65,7 +65,11 @@ async fn console(target: &Target, args: cli::ConsoleArgs) -> Result<(), CtlError
     let url = match client.recv().await? {
         Response::Console { url } => url,
         Response::Error { kind, message } => return Err(CtlError::Daemon { kind, message }),
-        other => return Err(CtlError::Protocol(format!("answered console with {other:?}"))),
+        other => {
+            return Err(CtlError::Protocol(format!(
+                "answered console with {other:?}"
+            )));
+        }
     };
     println!("{url}");
     if args.open {

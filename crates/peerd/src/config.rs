@@ -943,10 +943,17 @@ mod tests {
         assert_eq!(c.http_listen.map(|h| h.port()), Some(9180));
         let e = Config::parse("a", "http_listen = \"0.0.0.0:9180\"", "a.toml").unwrap_err();
         let e = e.to_string();
-        assert!(e.contains("http_listen") && e.contains("insecure = true"), "{e}");
+        assert!(
+            e.contains("http_listen") && e.contains("insecure = true"),
+            "{e}"
+        );
         let e = Config::parse("a", "http_listen = \"nowhere\"", "a.toml").unwrap_err();
         assert!(e.to_string().contains("http_listen"), "{e}");
-        let c = Config::parse("a", "http_listen = \"0.0.0.0:9180\"\ninsecure = true", "a.toml");
+        let c = Config::parse(
+            "a",
+            "http_listen = \"0.0.0.0:9180\"\ninsecure = true",
+            "a.toml",
+        );
         assert!(c.is_ok());
     }
 

@@ -65,6 +65,8 @@ pub const MAX_SESSIONS: usize = 64;
 pub const BACKLOG: u64 = 50;
 /// How often the page gets a status snapshot.
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How soon after activity it gets one (acks take a moment).
+pub const STATUS_SOON: Duration = Duration::from_millis(150);
 
 /// The console's tokens and sessions.
 pub struct Tokens {
@@ -202,6 +204,9 @@ pub async fn serve(
     let mut next = head.saturating_sub(BACKLOG).max(1);
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After activity (arrivals, a send), a status comes soon rather than
+    // at the next tick, so counters follow what the feed shows.
+    let mut soon: Option<tokio::time::Instant> = None;
     loop {
         // Catch up with the inbox first (bounded reads), then wait.
         match ctl.journal.read_inbox(next, 200, 256 * 1024) {
@@ -215,6 +220,7 @@ pub async fn serve(
                 let moved = read.next > next;
                 next = next.max(read.next).max(read.first);
                 if !read.entries.is_empty() {
+                    soon.get_or_insert(tokio::time::Instant::now() + STATUS_SOON);
                     let entries: Vec<Value> = read.entries.iter().map(entry_json).collect();
                     if send_json(&mut ws, &json!({"type": "entries", "entries": entries}))
                         .await
@@ -229,7 +235,11 @@ pub async fn serve(
             }
             Err(e) => {
                 tracing::warn!("console: reading the inbox: {e}");
-                let _ = send_json(&mut ws, &json!({"type": "error", "id": null, "message": e.to_string()})).await;
+                let _ = send_json(
+                    &mut ws,
+                    &json!({"type": "error", "id": null, "message": e.to_string()}),
+                )
+                .await;
                 return;
             }
         }
@@ -239,7 +249,16 @@ pub async fn serve(
                 return;
             }
             changed = inbox.changed() => if changed.is_err() { return },
+            _ = async { tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)).await }, if soon.is_some() => {
+                soon = None;
+                tick.reset();
+                let status = ctl.observed.snapshot();
+                if send_json(&mut ws, &json!({"type": "status", "status": status})).await.is_err() {
+                    return;
+                }
+            }
             _ = tick.tick() => {
+                soon = None;
                 let status = ctl.observed.snapshot();
                 if send_json(&mut ws, &json!({"type": "status", "status": status})).await.is_err() {
                     return;
@@ -248,6 +267,7 @@ pub async fn serve(
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let reply = from_page(&ctl, t.as_str()).await;
+                    soon.get_or_insert(tokio::time::Instant::now() + STATUS_SOON);
                     if send_json(&mut ws, &reply).await.is_err() {
                         return;
                     }

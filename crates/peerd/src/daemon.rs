@@ -14,15 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Fsync};
+use crate::console::Tokens;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
 use crate::link::Link;
 use crate::listener::{self, Accepting};
 use crate::server::{self, Control};
-use crate::console::Tokens;
 use crate::status::{Observed, PeerBoard, Tally};
-use crate::web;
 use crate::tls::Tls;
+use crate::web;
 
 /// Where this run keeps its files (resolved by `peerlink::paths`).
 #[derive(Debug, Clone)]

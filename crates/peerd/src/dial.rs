@@ -11,8 +11,8 @@ use crate::auth::Transcript;
 use crate::config::{Config, Peer};
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
-use crate::tls::Tls;
 use crate::status::Tally;
+use crate::tls::Tls;
 use crate::transport::{Io, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 

@@ -29,8 +29,8 @@ use crate::dial;
 use crate::handshake::{self, Established};
 use crate::journal::Journal;
 use crate::session::{self, CloseReason};
-use crate::status::Tally;
 use crate::status::PeerBoard;
+use crate::status::Tally;
 use crate::tls::Tls;
 use crate::wire::CLOSE_DUPLICATE;
 

@@ -20,8 +20,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The `reason` values of `peerd_link_reconnects_total` (see
 /// [`crate::link::reconnect_reason`]); each is shown, at 0 until it
 /// happens, so rates work from the first scrape.
-pub const RECONNECT_REASONS: &[&str] =
-    &["timeout", "peer_closed", "connection", "storage", "protocol"];
+pub const RECONNECT_REASONS: &[&str] = &[
+    "timeout",
+    "peer_closed",
+    "connection",
+    "storage",
+    "protocol",
+];
 /// The `reason` values of `peerd_refused_sends_total`.
 pub const REFUSED_REASONS: &[&str] = &[
     "empty",
@@ -140,7 +145,10 @@ impl Collector for Snapshot {
             "Always 1; the peerd version and instance in labels.",
             None,
             Gauge(vec![(
-                vec![("version", s.version.clone()), ("instance", s.instance.clone())],
+                vec![
+                    ("version", s.version.clone()),
+                    ("instance", s.instance.clone()),
+                ],
                 1.0,
             )]),
         )?;

@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::journal::{Journal, JournalError};
 use crate::console::Tokens;
+use crate::journal::{Journal, JournalError};
 use crate::status::{Observed, Refused};
 
 /// Entries per `Entries` reply while catching up.
@@ -405,7 +405,9 @@ fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
 /// `peerctl console`: a URL with a fresh one-time token, or why not.
 fn console_url(ctx: &Control) -> Response {
     match &ctx.console {
-        Some(tokens) => Response::Console { url: tokens.issue() },
+        Some(tokens) => Response::Console {
+            url: tokens.issue(),
+        },
         None => Response::Error {
             kind: ErrorKind::Rejected,
             message: format!(

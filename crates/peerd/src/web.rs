@@ -245,7 +245,10 @@ fn upgrade(mut req: Request<Incoming>, web: &Arc<Web>, remote: SocketAddr) -> Re
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (is_upgrade, key) else {
-        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade is expected here\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade is expected here\n",
+        );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);

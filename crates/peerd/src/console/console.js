@@ -64,6 +64,7 @@ function peerCard(p, now) {
   if (p.msgs_lost) row("lost", String(p.msgs_lost), "error");
   if (p.held) row("held", p.held, "error");
   if (p.last_error && state !== "connected") row("last error", p.last_error, "error");
+  li.append(dl);
   return li;
 }
 
