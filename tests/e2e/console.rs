@@ -216,6 +216,18 @@ fn the_console_in_a_real_browser_shows_the_link_sends_and_receives() {
             .is_some_and(|t| t.contains("max_message"))
     });
     cdp.eval("document.getElementById('send-result').textContent = ''");
+    // The link's counters follow: 2 sent to b, 2 received from it.
+    let mut card = String::new();
+    let deadline = Instant::now() + LONG;
+    while !(card.contains("sent 2 (") && card.contains("received 2 (")) {
+        assert!(
+            Instant::now() < deadline,
+            "the page's counters never caught up: {card:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let v = cdp.eval("document.querySelector('.peer[data-peer=\"b\"]').innerText");
+        card = v.as_str().unwrap_or_default().replace(['\t', '\n'], " ");
+    }
     // Screenshot for people (target/test-artifacts/console.png).
     let png = cdp.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");

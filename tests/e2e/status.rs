@@ -44,6 +44,9 @@ const TOP: &[(&str, &str)] = &[
     ("socket", "string"),
     ("state_dir", "string"),
     ("all_up", "bool"),
+    ("http_listen", "string|null"),
+    ("auth_failures", "uint"),
+    ("refused_sends", "object"),
     ("journal", "object"),
     ("peers", "array"),
 ];
@@ -55,6 +58,13 @@ const JOURNAL: &[(&str, &str)] = &[
     ("inbox_next", "uint"),
     ("storage_error", "string|null"),
     ("storage_error_ms", "uint|null"),
+    ("storage_errors", "uint"),
+    ("outbox_msgs", "uint"),
+    ("outbox_bytes", "uint"),
+    ("inbox_msgs", "uint"),
+    ("inbox_bytes", "uint"),
+    ("commit_us", "object"),
+    ("batch_records", "object"),
 ];
 const PEER: &[(&str, &str)] = &[
     ("name", "string"),
@@ -75,6 +85,9 @@ const PEER: &[(&str, &str)] = &[
     ("queued_bytes", "uint"),
     ("oldest_queued_ms", "uint|null"),
     ("reconnects", "uint"),
+    ("reconnect_reasons", "object"),
+    ("msgs_acked", "uint"),
+    ("bytes_acked", "uint"),
     ("msgs_lost", "uint"),
     ("msgs_lost_since_start", "uint"),
     ("peer_max_message", "uint|null"),

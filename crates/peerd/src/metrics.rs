@@ -229,6 +229,32 @@ impl Collector for Snapshot {
             None,
             Counter(vec![(Vec::new(), j.storage_errors)]),
         )?;
+        for (name, help, v) in [
+            (
+                "journal_outbox_next_sequence",
+                "The next outbox sequence number (this epoch): messages accepted so far plus one.",
+                j.outbox_next,
+            ),
+            (
+                "journal_inbox_next_sequence",
+                "The next inbox sequence number (what tail --from takes).",
+                j.inbox_next,
+            ),
+            (
+                "journal_inbox_first_sequence",
+                "The oldest inbox sequence number kept.",
+                j.inbox_first,
+            ),
+        ] {
+            family(e, name, help, None, Gauge(one(v as f64)))?;
+        }
+        family(
+            e,
+            "journal_storage_error_timestamp",
+            "When journal writes started failing (Unix time; absent while they work).",
+            Some(Unit::Seconds),
+            Gauge(j.storage_error_ms.map(|t| one(secs(t))).unwrap_or_default()),
+        )?;
         histogram(
             e,
             "journal_fsync_duration",
@@ -309,6 +335,20 @@ impl Collector for Snapshot {
             "When the live session came up (Unix time; absent while down).",
             Some(Unit::Seconds),
             Gauge(per_peer(&|p| p.connected_since_ms.map(secs))),
+        )?;
+        family(
+            e,
+            "link_next_attempt_timestamp",
+            "In backoff: when the next dial is due (Unix time).",
+            Some(Unit::Seconds),
+            Gauge(per_peer(&|p| p.next_attempt_ms.map(secs))),
+        )?;
+        family(
+            e,
+            "link_last_error_timestamp",
+            "When the last thing went wrong with the link (Unix time; the text is in peerctl status).",
+            Some(Unit::Seconds),
+            Gauge(per_peer(&|p| p.last_error_ms.map(secs))),
         )?;
         let reconnects = s
             .peers
