@@ -544,7 +544,8 @@ mod tests {
                 colon + 1 + l[colon + 1..].len() - l[colon + 1..].trim_start().len()
             })
             .collect();
-        assert_eq!(starts.len(), 10);
+        assert_eq!(starts.len(), 11);
+        assert!(plain.contains("  acked:      0 msgs\n"), "{plain}");
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{plain}");
     }
 

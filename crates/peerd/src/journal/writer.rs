@@ -596,12 +596,7 @@ impl Writer {
             Some(e) => Err(e),
             None => self.commit_logs(),
         };
-        if committed.is_ok() {
-            let took = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
-            let mut st = lock(&self.shared);
-            st.stats.commit_us.observe(took);
-            st.stats.batch_records.observe(records);
-        }
+        let took = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
         let (outbox_updates, inbox_updates) = match committed {
             Ok(u) => u,
             Err(e) => {
@@ -645,6 +640,8 @@ impl Writer {
             let mut st = lock(&self.shared);
             st.outbox.apply(outbox_updates);
             st.inbox.apply(inbox_updates);
+            st.stats.commit_us.observe(took);
+            st.stats.batch_records.observe(records);
             if let Some((e, _)) = st.storage_error.take() {
                 tracing::info!("journal: writing works again (after: {e})");
             }
