@@ -215,6 +215,13 @@ fn the_console_in_a_real_browser_shows_the_link_sends_and_receives() {
             .as_str()
             .is_some_and(|t| t.contains("max_message"))
     });
+    // Counted like any refused send.
+    let m = http::get(&addr, "/metrics", &[]).body;
+    assert!(
+        m.contains("peerd_refused_sends_total{reason=\"too_large\"} 1\n"),
+        "{m}"
+    );
+    assert_eq!(a.status()["refused_sends"]["too_large"], 1);
     cdp.eval("document.getElementById('send-result').textContent = ''");
     // The link's counters follow: 2 sent to b, 2 received from it.
     let mut card = String::new();
