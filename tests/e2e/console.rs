@@ -189,6 +189,20 @@ fn the_console_in_a_real_browser_shows_the_link_sends_and_receives() {
             .is_some_and(|t| t.starts_with("stored as #2"))
     });
 
+    // Picked in the `to` selector: for b only (peerctl send --to b).
+    let peers = cdp.eval("[...document.getElementById('to').options].map(o => o.value)");
+    assert_eq!(peers, serde_json::json!(["", "b"]));
+    cdp.eval(
+        "document.getElementById('to').value = 'b'; document.getElementById('message').focus()",
+    );
+    cdp.type_text("for b only");
+    cdp.enter();
+    let got = tail
+        .next(LONG)
+        .expect("b's tail shows the addressed message");
+    assert_eq!(got["body"], "for b only", "{got}");
+    cdp.eval("document.getElementById('to').value = ''");
+
     // A message from the peer appears in the page within a second.
     b.send(&["from b, live"]);
     let sent = Instant::now();
@@ -223,10 +237,10 @@ fn the_console_in_a_real_browser_shows_the_link_sends_and_receives() {
     );
     assert_eq!(a.status()["refused_sends"]["too_large"], 1);
     cdp.eval("document.getElementById('send-result').textContent = ''");
-    // The link's counters follow: 2 sent to b, 2 received from it.
+    // The link's counters follow: 3 sent to b, 2 received from it.
     let mut card = String::new();
     let deadline = Instant::now() + LONG;
-    while !(card.contains("sent 2 (") && card.contains("received 2 (")) {
+    while !(card.contains("sent 3 (") && card.contains("received 2 (")) {
         assert!(
             Instant::now() < deadline,
             "the page's counters never caught up: {card:?}"
@@ -287,6 +301,10 @@ ws.onclose = (e) => report('close:' + e.code + ':opened=' + opened);
     });
     assert_eq!(
         b.bodies(),
-        ["sent before the page opened", "typed in the browser"]
+        [
+            "sent before the page opened",
+            "typed in the browser",
+            "for b only"
+        ]
     );
 }

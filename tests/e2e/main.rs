@@ -16,6 +16,7 @@ mod link;
 mod messages;
 mod metrics;
 mod origin;
+mod peers;
 mod plain;
 mod service;
 mod status;

@@ -212,6 +212,7 @@ fn pipelined_sends_are_numbered_in_arrival_order() {
         let req = Request::Send {
             bodies,
             wait: false,
+            to: Vec::new(),
         };
         all.extend(frame(&codec::encode(&req).expect("encode")));
     }

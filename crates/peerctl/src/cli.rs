@@ -116,6 +116,10 @@ pub struct SendArgs {
     /// message may hold newlines (`find -print0 | peerctl send -0`).
     #[arg(short = '0', long)]
     pub null: bool,
+    /// Send only to this peer (repeat, or give a comma-separated list);
+    /// without it, every configured peer gets the messages.
+    #[arg(long, value_name = "PEER", value_delimiter = ',')]
+    pub to: Vec<String>,
     /// Messages (not empty); `-` or none: read lines from stdin, blank ones
     /// skipped.
     pub messages: Vec<String>,
@@ -135,6 +139,10 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Only messages from this origin (a peer's name, or `client:<addr>`);
+    /// -n counts those.
+    #[arg(long, value_name = "ORIGIN")]
+    pub from_peer: Option<String>,
 }
 
 #[derive(Debug, Args)]

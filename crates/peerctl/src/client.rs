@@ -163,6 +163,20 @@ impl Client {
         })
     }
 
+    /// The next reply's frame, undecoded (to read it in place); a closed
+    /// connection is an error here.
+    pub async fn recv_frame(&mut self) -> Result<bytes::BytesMut, CtlError> {
+        match frame::recv_frame(&mut self.reader)
+            .await
+            .map_err(map_frame)?
+        {
+            Some(b) => Ok(b),
+            None => Err(CtlError::Protocol(
+                "closed the connection (shutting down?)".into(),
+            )),
+        }
+    }
+
     /// The next reply; a closed connection is an error here.
     pub async fn recv(&mut self) -> Result<Response, CtlError> {
         match frame::recv(&mut self.reader).await.map_err(map_frame)? {

@@ -86,8 +86,9 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
         }
     };
     let wait = args.wait;
+    let to = args.to;
     let work = async {
-        let (read, sent) = tokio::join!(producer, stream(client, rx, wait, progress));
+        let (read, sent) = tokio::join!(producer, stream(client, rx, wait, to, progress));
         read?;
         sent
     };
@@ -108,9 +109,10 @@ async fn stream(
     client: Client,
     rx: mpsc::Receiver<Vec<Vec<u8>>>,
     wait: bool,
+    to: Vec<String>,
     mut progress: Progress,
 ) -> Result<(), CtlError> {
-    let r = pipeline(client, rx, wait, &mut progress).await;
+    let r = pipeline(client, rx, wait, &to, &mut progress).await;
     progress.finish();
     r
 }
@@ -119,6 +121,7 @@ async fn pipeline(
     mut client: Client,
     mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
     wait: bool,
+    to: &[String],
     progress: &mut Progress,
 ) -> Result<(), CtlError> {
     // (messages, bytes, stored) of each batch sent and not yet answered
@@ -134,7 +137,7 @@ async fn pipeline(
                 Some(bodies) => {
                     let bytes = bodies.iter().map(|b| b.len() as u64).sum();
                     let n = bodies.len() as u64;
-                    client.send(&Request::Send { bodies, wait }).await?;
+                    client.send(&Request::Send { bodies, wait, to: to.to_vec() }).await?;
                     outstanding.push_back((n, bytes, false));
                 }
                 None => input_done = true,

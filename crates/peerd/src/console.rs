@@ -26,11 +26,10 @@
 //! | `sent`    | `id`, `first`, `last`: a send is durable in the outbox      |
 //! | `error`   | `id` (or null), `message`: a send was refused, or bad input |
 //!
-//! From the page: `{"type": "send", "id": N, "body": "text", "to": null}`.
-//! `to` is reserved for addressed messages (a peer's name); until the
-//! daemon has them, every message goes to every peer and `to` must be
-//! null. A send goes through the same checks as `peerctl send`
-//! (`max_message`, empty messages, a full outbox).
+//! From the page: `{"type": "send", "id": N, "body": "text", "to": "b"}`:
+//! `to` names the peer it is for (`peerctl send --to`), or is null (or
+//! empty) for every peer. A send goes through the same checks as `peerctl
+//! send` (a known peer, `max_message`, empty messages, a full outbox).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +47,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::{Cursor, Log};
 use crate::server::{self, Control};
 
 /// The page, its script and its style sheet.
@@ -199,29 +199,29 @@ pub async fn serve(
     if send_json(&mut ws, &hello).await.is_err() {
         return;
     }
-    let mut inbox = ctl.journal.watch_inbox();
-    let head = *inbox.borrow_and_update();
-    let mut next = head.saturating_sub(BACKLOG).max(1);
+    let mut cursor = Cursor::new(&ctl.journal, Log::Inbox, 0);
+    let head = cursor.end();
+    cursor.seek(head.saturating_sub(BACKLOG).max(1));
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // After activity (arrivals, a send), a status comes soon rather than
     // at the next tick, so counters follow what the feed shows.
     let mut soon: Option<tokio::time::Instant> = None;
     loop {
-        // Catch up with the inbox first (bounded reads), then wait.
-        match ctl.journal.read_inbox(next, 200, 256 * 1024) {
-            Ok(read) => {
-                if read.first > next {
-                    let gap = json!({"type": "gap", "from": next, "resume_at": read.first});
+        // Catch up with the inbox first (bounded reads, off the async
+        // workers), then wait.
+        let at = cursor.next;
+        match cursor.read_inbox(200, 256 * 1024).await {
+            Ok(chunk) => {
+                if let Some((from, resume_at)) = chunk.gap {
+                    let gap = json!({"type": "gap", "from": from, "resume_at": resume_at});
                     if send_json(&mut ws, &gap).await.is_err() {
                         return;
                     }
                 }
-                let moved = read.next > next;
-                next = next.max(read.next).max(read.first);
-                if !read.entries.is_empty() {
+                if !chunk.entries.is_empty() {
                     soon.get_or_insert(tokio::time::Instant::now() + STATUS_SOON);
-                    let entries: Vec<Value> = read.entries.iter().map(entry_json).collect();
+                    let entries: Vec<Value> = chunk.entries.iter().map(entry_json).collect();
                     if send_json(&mut ws, &json!({"type": "entries", "entries": entries}))
                         .await
                         .is_err()
@@ -229,7 +229,7 @@ pub async fn serve(
                         return;
                     }
                 }
-                if moved {
+                if cursor.next > at {
                     continue;
                 }
             }
@@ -248,7 +248,7 @@ pub async fn serve(
                 let _ = ws.close(None).await;
                 return;
             }
-            changed = inbox.changed() => if changed.is_err() { return },
+            more = cursor.wait() => if !more { return },
             _ = async { tokio::time::sleep_until(soon.unwrap_or_else(tokio::time::Instant::now)).await }, if soon.is_some() => {
                 soon = None;
                 tick.reset();
@@ -288,12 +288,9 @@ async fn from_page(ctl: &Control, text: &str) -> Value {
         }
     };
     let FromPage::Send { id, body, to } = req;
-    if let Some(to) = to {
-        return json!({"type": "error", "id": id, "message": format!(
-            "addressed messages (to {to:?}) are not supported by this peerd: every message goes to every peer"
-        )});
-    }
-    let (stored, _) = server::send(ctl, vec![body.into_bytes()], false);
+    let to: Vec<String> = to.into_iter().filter(|t| !t.is_empty()).collect();
+    let slot = ctl.journal.reserve().await;
+    let (stored, _) = server::send(ctl, slot, vec![body.into_bytes()], false, to);
     match stored.await.first() {
         Some(Response::Sent { first, last }) => {
             json!({"type": "sent", "id": id, "first": first, "last": last})

@@ -29,6 +29,7 @@ pub const RECONNECT_REASONS: &[&str] = &[
 ];
 /// The `reason` values of `peerd_refused_sends_total`.
 pub const REFUSED_REASONS: &[&str] = &[
+    "unknown_peer",
     "empty",
     "too_large",
     "peer_max_message",
@@ -403,7 +404,7 @@ impl Collector for Snapshot {
             ),
             (
                 "acked_messages",
-                "Our messages the peer has acknowledged as stored (this journal epoch).",
+                "Our messages the peer has acknowledged as stored (since the daemon started).",
                 None,
                 |p| p.msgs_acked,
             ),

@@ -53,14 +53,13 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Cursor, Journal, Log};
 use crate::transport::Ws;
 
 /// Plain clients connected at once, at most; more are closed with 1013.
@@ -94,14 +93,15 @@ pub async fn serve(
     let origin = format!("client:{remote}");
     // From this moment on: a plain client sees what arrives while it is
     // connected, not the history (that is what `peerctl tail` is for).
-    let watch = journal.watch_inbox();
-    let from = *watch.borrow();
+    let mut cursor = Cursor::new(&journal, Log::Inbox, 0);
+    let from = cursor.end();
+    cursor.seek(from);
     tracing::info!(%remote, "plain WebSocket client connected");
     let (mut sink, mut stream) = ws.split();
     let ending = tokio::select! {
         _ = shutdown.cancelled() => Ending::Close(1001, "going away".into()),
         e = inbound(&mut stream, &origin, &cfg, &journal) => e,
-        e = outbound(&mut sink, &cfg, &journal, watch, from) => e,
+        e = outbound(&mut sink, &cfg, cursor) => e,
     };
     let why = match &ending {
         Ending::Close(code, reason) => {
@@ -187,27 +187,20 @@ fn check(body: &[u8], max_message: u64) -> Option<Ending> {
 
 /// Send every message that arrives from a peer, from inbox sequence `next`
 /// on, at the client's pace.
-async fn outbound(
-    sink: &mut SplitSink<Ws, Message>,
-    cfg: &Config,
-    journal: &Journal,
-    mut watch: watch::Receiver<u64>,
-    mut next: u64,
-) -> Ending {
+async fn outbound(sink: &mut SplitSink<Ws, Message>, cfg: &Config, mut cursor: Cursor) -> Ending {
     loop {
-        watch.borrow_and_update();
-        let read = match journal.read_inbox(next, CHUNK, CHUNK_BYTES) {
-            Ok(r) => r,
+        let at = cursor.next;
+        // (Trimmed by retention before this client got to it: the cursor
+        // skips ahead.)
+        let chunk = match cursor.read_inbox(CHUNK, CHUNK_BYTES).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!("plain client: cannot read the inbox: {e}");
                 return Ending::Close(1011, "internal error".into());
             }
         };
-        // Trimmed by retention before this client got to it: skip ahead.
-        next = next.max(read.first);
-        if read.next > next {
-            next = read.next;
-            for e in read.entries {
+        if cursor.next > at {
+            for e in chunk.entries {
                 if !cfg.peers.iter().any(|p| p.name == e.origin) {
                     continue; // a plain client's own, or another's: not echoed
                 }
@@ -220,7 +213,7 @@ async fn outbound(
             }
             continue;
         }
-        if watch.changed().await.is_err() {
+        if !cursor.wait().await {
             return Ending::Close(1001, "going away".into());
         }
     }

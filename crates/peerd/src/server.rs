@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::console::Tokens;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::status::{Observed, Refused};
 
 /// Entries per `Entries` reply while catching up.
@@ -99,7 +99,7 @@ pub async fn run(
     }
 }
 
-pub type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
+type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
@@ -165,8 +165,11 @@ async fn serve(conn: Stream, ctx: &Control) {
                 }
                 // The append is queued here, in arrival order; only the
                 // wait for its reply is deferred.
-                Ok(Some(Request::Send { bodies, wait })) => {
-                    let (stored, delivered) = send(ctx, bodies, wait);
+                Ok(Some(Request::Send { bodies, wait, to })) => {
+                    // A place in the journal's queue first: waiting for it
+                    // is the back-pressure when the disk is behind.
+                    let slot = ctx.journal.reserve().await;
+                    let (stored, delivered) = send(ctx, slot, bodies, wait, to);
                     replies.push_back(stored);
                     if let Some(d) = delivered {
                         replies.push_back(d);
@@ -184,9 +187,9 @@ async fn serve(conn: Stream, ctx: &Control) {
                     let status = ctx.observed.snapshot();
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
                 }
-                Ok(Some(Request::Tail { start, follow })) => {
+                Ok(Some(Request::Tail { start, follow, origin })) => {
                     flush_replies(&mut replies, &mut writer).await;
-                    return tail(ctx, start, follow, reader, writer).await;
+                    return tail(ctx, start, follow, origin, reader, writer).await;
                 }
                 Ok(Some(Request::Hello { .. })) => {
                     flush_replies(&mut replies, &mut writer).await;
@@ -245,9 +248,19 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
 /// second one once every peer has it. `Sent` goes out as soon as the
 /// messages are durable, not with `Delivered`, so a client whose daemon
 /// goes away mid-wait knows they were stored (and will be delivered).
-pub fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option<Replies>) {
-    let refused = refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance)
-        .or_else(|| peer_refusal(&bodies, ctx));
+pub fn send(
+    ctx: &Control,
+    slot: crate::journal::Slot,
+    bodies: Vec<Vec<u8>>,
+    wait: bool,
+    mut to: Vec<String>,
+) -> (Replies, Option<Replies>) {
+    to.sort();
+    to.dedup();
+    let refused = unknown_peer(&to, ctx)
+        .map(|m| (Refused::UnknownPeer, m))
+        .or_else(|| refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance))
+        .or_else(|| peer_refusal(&bodies, &to, ctx));
     if let Some((why, message)) = refused {
         ctx.observed.tally.refused(why);
         let error = Response::Error {
@@ -269,8 +282,9 @@ pub fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option
             None,
         );
     }
-    let mut acked = journal.watch_acked();
-    let appended = journal.append_outbox(bodies);
+    let mut acks = journal.watch_acks();
+    let appended = journal.append_outbox(slot, bodies, to.clone());
+    let waiting = journal.clone();
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel::<u64>();
     let delivered: Option<Replies> = wait.then(|| -> Replies {
         Box::pin(async move {
@@ -278,7 +292,11 @@ pub fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option
             let Ok(last) = stored_rx.await else {
                 return Vec::new();
             };
-            if acked.wait_for(|v| *v > last).await.is_err() {
+            if acks
+                .wait_for(|_| waiting.delivered(&to, last))
+                .await
+                .is_err()
+            {
                 vec![Response::Error {
                     kind: ErrorKind::ShuttingDown,
                     message: "daemon shutting down".into(),
@@ -325,10 +343,13 @@ pub fn send(ctx: &Control, bodies: Vec<Vec<u8>>, wait: bool) -> (Replies, Option
 /// A message larger than a peer takes (its `max_message`, learned in the
 /// handshake) is refused here, naming both limits, rather than queued to
 /// hold that peer's queue.
-fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<(Refused, String)> {
+fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<(Refused, String)> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
     ctx.observed.boards.iter().find_map(|b| {
         let s = b.snapshot();
+        if !to.is_empty() && !to.contains(&s.name) {
+            return None;
+        }
         let limit = s.peer_max_message?;
         (biggest > limit).then(|| {
             let m = format!(
@@ -343,6 +364,29 @@ fn peer_refusal(bodies: &[Vec<u8>], ctx: &Control) -> Option<(Refused, String)> 
             (Refused::PeerMaxMessage, m)
         })
     })
+}
+
+/// `send --to` a peer that is not configured: refused, naming the ones
+/// that are.
+fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
+    let unknown: Vec<&str> = to
+        .iter()
+        .filter(|n| !ctx.cfg.peers.iter().any(|p| &&p.name == n))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "no peer named {}; the configured peers are: {}",
+        unknown.join(", "),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
 }
 
 /// Why a batch of bodies is refused whole, if it is: an empty message
@@ -423,22 +467,28 @@ async fn tail(
     ctx: &Control,
     start: TailStart,
     follow: bool,
+    origin: Option<String>,
     mut reader: Reader<RecvHalf>,
     mut writer: Writer<SendHalf>,
 ) {
-    let mut watch = ctx.journal.watch_inbox();
-    let head = *watch.borrow_and_update();
-    let mut next = match start {
-        TailStart::From(seq) => seq.max(1),
-        TailStart::Last(n) => head.saturating_sub(n).max(1),
-    };
+    let mut cursor = Cursor::new(&ctx.journal, Log::Inbox, 0);
+    let head = cursor.end();
+    cursor.seek(match (start, &origin) {
+        (TailStart::From(seq), _) => seq.max(1),
+        (TailStart::Last(n), None) => head.saturating_sub(n).max(1),
+        (TailStart::Last(n), Some(o)) => {
+            let (journal, o) = (ctx.journal.clone(), o.clone());
+            tokio::task::spawn_blocking(move || journal.last_from(n, &o, head))
+                .await
+                .unwrap_or(Ok(head))
+                .unwrap_or(head)
+        }
+    });
     let mut caught_up = false;
     loop {
-        let read = match ctx
-            .journal
-            .read_inbox(next, TAIL_CHUNK, TAIL_BATCH_BYTES as u64)
-        {
-            Ok(r) => r,
+        let at = cursor.next;
+        let mut chunk = match cursor.read_inbox(TAIL_CHUNK, TAIL_BATCH_BYTES as u64).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!("tail: {e}");
                 let _ = frame::send(
@@ -452,23 +502,23 @@ async fn tail(
                 return;
             }
         };
-        if read.first > next {
+        if let Some((from, resume_at)) = chunk.gap {
             // Only a gap in what was asked for: history before the inbox
             // began at 1 was never there to lose.
-            let gap = Response::Gap {
-                from: next,
-                resume_at: read.first,
-            };
-            if frame::send(&mut writer, &gap).await.is_err() {
+            if frame::send(&mut writer, &Response::Gap { from, resume_at })
+                .await
+                .is_err()
+            {
                 return;
             }
-            next = read.first;
         }
-        if read.next > next {
-            // (Loss notices and tombstones move `next` without entries.)
-            next = read.next;
-            if !read.entries.is_empty()
-                && frame::send(&mut writer, &Response::Entries(read.entries))
+        if cursor.next > at.max(chunk.gap.map_or(0, |g| g.1)) {
+            // (Loss notices and tombstones move the cursor without entries.)
+            if let Some(o) = &origin {
+                chunk.entries.retain(|e| &e.origin == o);
+            }
+            if !chunk.entries.is_empty()
+                && frame::send(&mut writer, &Response::Entries(chunk.entries))
                     .await
                     .is_err()
             {
@@ -478,6 +528,7 @@ async fn tail(
         }
         if !caught_up {
             caught_up = true;
+            let next = cursor.next;
             if frame::send(&mut writer, &Response::CaughtUp { next })
                 .await
                 .is_err()
@@ -488,7 +539,7 @@ async fn tail(
         }
         // Wait for more, or for the client to go away.
         tokio::select! {
-            changed = watch.changed() => if changed.is_err() { return },
+            more = cursor.wait() => if !more { return },
             r = frame::recv::<Request, _>(&mut reader) => {
                 if let Ok(Some(_)) = r {
                     bad_request(&mut writer, "no requests are taken while tailing".into()).await;
@@ -541,8 +592,20 @@ mod tests {
     async fn sends_are_numbered_in_the_order_they_arrive_whichever_reply_is_awaited_first() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = control(dir.path(), "");
-        let (first, _) = send(&ctx, vec![b"1".to_vec(), b"2".to_vec()], false);
-        let (second, _) = send(&ctx, vec![b"3".to_vec()], false);
+        let (first, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"1".to_vec(), b"2".to_vec()],
+            false,
+            Vec::new(),
+        );
+        let (second, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"3".to_vec()],
+            false,
+            Vec::new(),
+        );
         // The second reply is polled first: the numbers do not follow.
         assert_eq!(second.await, [Response::Sent { first: 3, last: 3 }]);
         assert_eq!(first.await, [Response::Sent { first: 1, last: 2 }]);
@@ -562,22 +625,50 @@ mod tests {
             ] => message.clone(),
             other => panic!("{other:?}"),
         };
-        let m = refused(send(&ctx, vec![vec![0; 1025]], false).0.await);
+        let m = refused(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1025]],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
+        );
         assert_eq!(
             m,
             "message of 1025 bytes is larger than max_message (1KiB) of instance a"
         );
-        let m = refused(send(&ctx, vec![b"x".to_vec(), Vec::new()], false).0.await);
-        let counted = ctx.observed.snapshot().refused_sends;
-        assert_eq!(counted.get("too_large"), Some(&1), "{counted:?}");
-        assert_eq!(counted.get("empty"), Some(&1), "{counted:?}");
+        let m = refused(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![b"x".to_vec(), Vec::new()],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
+        );
         assert_eq!(
             m,
             "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"
         );
+        let counted = ctx.observed.snapshot().refused_sends;
+        assert_eq!(counted.get("too_large"), Some(&1), "{counted:?}");
+        assert_eq!(counted.get("empty"), Some(&1), "{counted:?}");
         // Nothing of either was stored; exactly max_message is fine.
         assert_eq!(
-            send(&ctx, vec![vec![0; 1024]], false).0.await,
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1024]],
+                false,
+                Vec::new()
+            )
+            .0
+            .await,
             [Response::Sent { first: 1, last: 1 }]
         );
         ctx.journal.close().await;

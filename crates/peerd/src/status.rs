@@ -49,6 +49,7 @@ impl PeerBoard {
 /// Why a send was refused, as `refused_sends` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    UnknownPeer,
     Empty,
     TooLarge,
     PeerMaxMessage,
@@ -60,6 +61,7 @@ pub enum Refused {
 impl Refused {
     pub fn as_str(self) -> &'static str {
         match self {
+            Refused::UnknownPeer => "unknown_peer",
             Refused::Empty => "empty",
             Refused::TooLarge => "too_large",
             Refused::PeerMaxMessage => "peer_max_message",

@@ -106,6 +106,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decode exactly one value that may borrow from `bytes` (`&str` and
+/// `&[u8]` fields point into the frame instead of being copied out).
+pub fn decode_borrowed<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
 /// Decode one value from the start of `bytes`, ignoring what follows.
 /// Only for reading the frozen head of a handshake from a peer that may
 /// speak another version (its version, to say what differs), never for

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
 /// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
 /// the journal's storage error, loss counters, peer limits and held queues;
-/// `Drop`.
+/// `Drop`; `Send` has `to` and `Tail` `origin`.
 /// 3: `Status` has what `/metrics` shows (acks, reconnect reasons, refused
 /// sends, authentication failures, journal sizes and histograms, the HTTP
 /// listener); `Console`.
@@ -87,14 +87,20 @@ pub fn request_limit(max_message: u64) -> usize {
 pub enum Request {
     /// Must be first; states the client's protocol version.
     Hello { version: u32, client: String },
-    /// Append these messages to the outbox.
+    /// Append these messages to the outbox, for the peers in `to` (every
+    /// peer when empty).
     Send {
         #[serde(with = "crate::codec::byte_lists")]
         bodies: Vec<Vec<u8>>,
         wait: bool,
+        to: Vec<String>,
     },
-    /// Read the inbox.
-    Tail { start: TailStart, follow: bool },
+    /// Read the inbox (only what came from `origin`, when given).
+    Tail {
+        start: TailStart,
+        follow: bool,
+        origin: Option<String>,
+    },
     /// The daemon's and its links' state.
     Status,
     /// Never send queued message `seq` to `peer` (one it cannot take);
@@ -194,6 +200,53 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
+/// An [`Entry`] read in place from a received frame: the origin and body
+/// point into the frame, so a client showing a batch copies and allocates
+/// nothing per entry. Same fields, same order, same encoding as [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub received_ms: u64,
+    pub sent_ms: u64,
+    pub origin: &'a str,
+    pub origin_seq: u64,
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryRef {
+            seq: e.seq,
+            received_ms: e.received_ms,
+            sent_ms: e.sent_ms,
+            origin: &e.origin,
+            origin_seq: e.origin_seq,
+            body: &e.body,
+        }
+    }
+}
+
+/// If `frame` holds a [`Response::Entries`], its entries read in place;
+/// `None` for any other response (decode those with [`codec::decode`]).
+/// The wire format is [`Response`]'s: this only reads it without copying.
+///
+/// [`codec::decode`]: crate::codec::decode
+pub fn entries_view(frame: &[u8]) -> Option<Result<Vec<EntryRef<'_>>, crate::codec::CodecError>> {
+    // The variant's tag, as the codec writes it: an empty `Entries` is the
+    // tag followed by a zero length (one byte).
+    static TAG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        let mut t = crate::codec::encode(&Response::Entries(Vec::new())).unwrap_or_default();
+        t.pop();
+        t
+    });
+    if tag.is_empty() {
+        return None;
+    }
+    let rest = frame.strip_prefix(tag.as_slice())?;
+    Some(crate::codec::decode_borrowed(rest))
+}
+
 /// `peerctl status`: the daemon and each of its links.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -212,7 +265,7 @@ pub struct Status {
     /// direction, since start.
     pub auth_failures: u64,
     /// Sends refused since start (`peerctl send`, the console), by reason:
-    /// `empty`, `too_large`, `peer_max_message`, `outbox_full`,
+    /// `unknown_peer`, `empty`, `too_large`, `peer_max_message`, `outbox_full`,
     /// `shutting_down`, `storage`.
     pub refused_sends: BTreeMap<String, u64>,
     pub journal: JournalStatus,
@@ -323,8 +376,8 @@ pub struct PeerStatus {
     /// `reconnects` by why the session before ended: `timeout`,
     /// `peer_closed`, `connection`, `storage`, `protocol`.
     pub reconnect_reasons: BTreeMap<String, u64>,
-    /// Our messages the peer has acknowledged (stored), in this journal
-    /// epoch, and their bytes as stored in the outbox (body and framing,
+    /// Our messages the peer has acknowledged (stored) since the daemon
+    /// started, and their bytes as stored in the outbox (body and framing,
     /// the unit of `queued_bytes`).
     pub msgs_acked: u64,
     pub bytes_acked: u64,
@@ -408,6 +461,7 @@ mod tests {
             let send = Request::Send {
                 bodies: vec![vec![0; max as usize]],
                 wait: true,
+                to: vec!["a-peer-name-of-32-characters-xyz".into(); 16],
             };
             let len = codec::encode(&send).unwrap().len();
             assert!(len <= request_limit(max) && len <= MAX_FRAME, "{max}");
@@ -439,16 +493,57 @@ mod tests {
     }
 
     #[test]
+    fn entries_read_in_place_as_decoded() {
+        let entries = vec![
+            Entry {
+                seq: 1,
+                received_ms: 2,
+                sent_ms: 3,
+                origin: "b".into(),
+                origin_seq: 4,
+                body: b"hi".to_vec(),
+            },
+            Entry {
+                seq: u64::MAX,
+                received_ms: 1 << 40,
+                sent_ms: 0,
+                origin: "client:127.0.0.1:9".into(),
+                origin_seq: 0,
+                body: vec![0xff, 0, b'\n'],
+            },
+        ];
+        let bytes = codec::encode(&Response::Entries(entries.clone())).unwrap();
+        let view = entries_view(&bytes).unwrap().unwrap();
+        let want: Vec<EntryRef> = entries.iter().map(EntryRef::from).collect();
+        assert_eq!(view, want);
+        let empty = codec::encode(&Response::Entries(Vec::new())).unwrap();
+        assert_eq!(entries_view(&empty).unwrap().unwrap(), vec![]);
+        for other in [
+            Response::CaughtUp { next: 3 },
+            Response::Gap {
+                from: 1,
+                resume_at: 2,
+            },
+        ] {
+            assert!(entries_view(&codec::encode(&other).unwrap()).is_none());
+        }
+        // A truncated batch is an error, not a shorter batch.
+        assert!(entries_view(&bytes[..bytes.len() - 1]).unwrap().is_err());
+    }
+
+    #[test]
     fn requests_round_trip() {
         for r in [
             Request::Status,
             Request::Send {
                 bodies: vec![b"hi".to_vec(), vec![]],
                 wait: true,
+                to: vec!["b".into()],
             },
             Request::Tail {
                 start: TailStart::From(3),
                 follow: true,
+                origin: Some("b".into()),
             },
         ] {
             assert_eq!(

@@ -121,11 +121,15 @@ function connect() {
       case "hello": {
         $("instance").textContent = msg.instance;
         document.title = "peerd " + msg.instance;
+        // Where a message goes: every peer, or one (peerctl send --to).
         const to = $("to");
-        // Addressed sends come with a peerd that has them; until then the
-        // selector says where a message goes: to every peer.
-        to.replaceChildren(el("option", null, msg.peers.length ? "every peer (" + msg.peers.join(", ") + ")" : "nobody (no peers)"));
-        to.firstChild.value = "";
+        const every = el("option", null, msg.peers.length ? "every peer" : "nobody (no peers)");
+        every.value = "";
+        to.replaceChildren(every, ...msg.peers.map((p) => {
+          const o = el("option", null, p);
+          o.value = p;
+          return o;
+        }));
         break;
       }
       case "status": showStatus(msg.status); break;

@@ -39,6 +39,11 @@ pub struct StateFile {
     pub inbox_checkpoint: u64,
     /// The oldest inbox record not trimmed by retention.
     pub inbox_first: u64,
+    /// Outbox numbers below this may have been sent before their fsync;
+    /// after a shutdown that was not clean they are never reused (layout
+    /// 2; 0 in older files).
+    #[serde(default)]
+    pub outbox_reserved: u64,
     #[serde(default)]
     pub peer: BTreeMap<String, PeerFile>,
 }
@@ -135,6 +140,7 @@ mod tests {
             epoch: hex(u64::MAX),
             inbox_checkpoint: 3,
             inbox_first: 1,
+            outbox_reserved: 0,
             peer: BTreeMap::new(),
         };
         f.peer.insert(
