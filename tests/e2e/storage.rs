@@ -120,14 +120,15 @@ fn a_receiver_whose_disk_fills_mid_stream_gets_everything_once_when_it_frees() {
         a.peer("b")["queued_msgs"] == 0
     });
     assert_eq!(b.status()["journal"]["storage_error"], Value::Null);
-    // Loud, not a storm: each side says "link down" for this reason once.
+    // Loud, not a storm: each side says "link down" for this reason once
+    // (again only after another kind of failure came in between).
     for d in [&a, &b] {
         let log = d.spec.log();
         let warned = log
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("link down") && l.contains("journal full"))
             .count();
-        assert!(warned <= 1, "{} warned {warned} times:\n{log}", d.spec.name);
+        assert!(warned <= 3, "{} warned {warned} times:\n{log}", d.spec.name);
     }
 }
 

@@ -86,6 +86,15 @@ pub enum Command {
     /// minutes: opening it logs that browser in (a session cookie) and
     /// drops the token from the address. Run it again for another browser.
     Console(ConsoleArgs),
+    /// Make the daemon re-read its config, and say what that did.
+    ///
+    /// The same as `systemctl reload peerd@<i>` or SIGHUP: what can change
+    /// live is applied (peers added or removed, timers, limits, secrets,
+    /// TLS files) without touching the sessions it does not concern; a
+    /// config with an error, or one that changes `listen`, `node` or the
+    /// journal's settings, is refused whole and the old one kept (exit
+    /// status 1).
+    Reload,
     /// Print a shell completion script.
     ///
     /// For example `peerctl completions bash >

@@ -187,7 +187,7 @@ pub async fn serve(
     ctl: Arc<Control>,
     shutdown: CancellationToken,
 ) {
-    let cfg = &ctl.cfg;
+    let cfg = ctl.cfg();
     let hello = json!({
         "type": "hello",
         "instance": cfg.instance,

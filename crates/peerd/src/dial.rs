@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::auth::Transcript;
+use crate::auth::{Role, Transcript};
 use crate::config::{Config, Peer};
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
@@ -74,16 +74,19 @@ pub async fn dial(
         handshake::refuse_protocol(ws, &e).await;
         return Err(e);
     }
-    if let Err(e) = handshake::check_auth_mode(&hello, cfg) {
-        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(cfg)).await;
-        tally.auth_failed();
-        return Err(format!("{} ({remote}): {e}", peer.name));
-    }
+    let secret = match handshake::agree_key(&hello, cfg, Role::Dialler) {
+        Ok(s) => s,
+        Err((e, reason)) => {
+            handshake::refuse(ws, CLOSE_AUTH, &reason).await;
+            tally.auth_failed();
+            return Err(format!("{} ({remote}): {e}", peer.name));
+        }
+    };
     let t = Transcript {
         dialler_hello: &mine,
         listener_hello: &theirs,
     };
-    handshake::authenticate_dialler(&mut ws, cfg, &t)
+    handshake::authenticate_dialler(&mut ws, secret.as_ref(), &t)
         .await
         .map_err(|e| match e {
             HandshakeError::Auth(_) => {
@@ -100,6 +103,7 @@ pub async fn dial(
         direction: Direction::Outbound,
         remote,
         local,
+        key: secret.map(|s| s.id()),
     })
 }
 

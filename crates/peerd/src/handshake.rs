@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{self, Role, Transcript};
+use crate::auth::{self, KeyId, Role, Secret, Transcript};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::transport::{Liveness, Ws, max_frame};
@@ -62,6 +62,9 @@ pub struct Established {
     pub direction: Direction,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The id of the secret the session was authenticated with (none: no
+    /// secret).
+    pub key: Option<KeyId>,
 }
 
 /// Our Hello to `peer`.
@@ -75,7 +78,8 @@ pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
         expect_epoch: st.recv_epoch,
         expect_next: st.recv_next,
         max_frame: max_frame(cfg),
-        nonce: cfg.secret.as_ref().map(|_| auth::fresh_nonce()),
+        nonce: (!cfg.secrets.is_empty()).then(auth::fresh_nonce),
+        keys: cfg.secrets.iter().map(Secret::id).collect(),
     }
 }
 
@@ -168,35 +172,66 @@ pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Resul
     }
 }
 
-/// Both sides need a secret, or neither: a mismatch is refused at once,
-/// with a message that says which side lacks it.
-pub fn check_auth_mode(hello: &Hello, cfg: &Config) -> Result<(), HandshakeError> {
-    match (cfg.secret.is_some(), hello.nonce.is_some()) {
-        (true, false) => Err(HandshakeError::Auth(format!(
-            "peer {:?} has no secret but this node requires one; set the same `secret` on both",
-            hello.node
-        ))),
-        (false, true) => Err(HandshakeError::Auth(format!(
-            "peer {:?} has a secret but this node has none; set the same `secret` on both",
-            hello.node
-        ))),
-        _ => Ok(()),
+/// Which secret this session uses: both sides need a secret, or neither,
+/// and with secrets [`auth::agree`] picks one both hold. A mismatch is
+/// refused at once: the error for our log, and the close reason for the
+/// peer's, both saying which side lacks what.
+pub fn agree_key(
+    hello: &Hello,
+    cfg: &Config,
+    role: Role,
+) -> Result<Option<Secret>, (HandshakeError, String)> {
+    let mine: Vec<KeyId> = cfg.secrets.iter().map(Secret::id).collect();
+    match (mine.is_empty(), hello.nonce.is_some()) {
+        (true, false) => return Ok(None),
+        (false, false) => {
+            return Err((
+                HandshakeError::Auth(format!(
+                    "peer {:?} has no secret but this node requires one; set the same `secret` on both",
+                    hello.node
+                )),
+                format!(
+                    "{} requires authentication: set the same secret on both nodes",
+                    cfg.node
+                ),
+            ));
+        }
+        (true, true) => {
+            return Err((
+                HandshakeError::Auth(format!(
+                    "peer {:?} has a secret but this node has none; set the same `secret` on both",
+                    hello.node
+                )),
+                format!(
+                    "{} has no secret configured: set the same secret on both nodes",
+                    cfg.node
+                ),
+            ));
+        }
+        (false, true) => {}
     }
-}
-
-/// The close reason for a secret on only one side, as the other side
-/// should read it.
-pub fn auth_mode_reason(cfg: &Config) -> String {
-    if cfg.secret.is_some() {
-        format!(
-            "{} requires authentication: set the same secret on both nodes",
-            cfg.node
-        )
-    } else {
-        format!(
-            "{} has no secret configured: set the same secret on both nodes",
-            cfg.node
-        )
+    let (dialler, listener) = match role {
+        Role::Dialler => (&mine, &hello.keys),
+        Role::Listener => (&hello.keys, &mine),
+    };
+    let chosen =
+        auth::agree(dialler, listener).and_then(|id| cfg.secrets.iter().find(|s| s.id() == id));
+    match chosen {
+        Some(s) => Ok(Some(s.clone())),
+        None => Err((
+            HandshakeError::Auth(format!(
+                "wrong secret? no secret in common with peer {:?}: this node holds {}, the peer {} \
+                 (secret ids; the same secret on both has the same id)",
+                hello.node,
+                auth::show_ids(&mine),
+                auth::show_ids(&hello.keys)
+            )),
+            format!(
+                "authentication failed: wrong secret? no secret in common ({} holds {})",
+                cfg.node,
+                auth::show_ids(&mine)
+            ),
+        )),
     }
 }
 
@@ -204,10 +239,10 @@ pub fn auth_mode_reason(cfg: &Config) -> String {
 /// check the listener's proof. Closes the connection on failure.
 pub async fn authenticate_dialler(
     ws: &mut Ws,
-    cfg: &Config,
+    secret: Option<&Secret>,
     t: &Transcript<'_>,
 ) -> Result<(), HandshakeError> {
-    let Some(secret) = &cfg.secret else {
+    let Some(secret) = secret else {
         return Ok(());
     };
     let mine = auth::proof(secret, Role::Dialler, t);
@@ -236,10 +271,10 @@ pub async fn authenticate_dialler(
 /// dialler's proof, and only then prove. Closes the connection on failure.
 pub async fn authenticate_listener(
     ws: &mut Ws,
-    cfg: &Config,
+    secret: Option<&Secret>,
     t: &Transcript<'_>,
 ) -> Result<(), HandshakeError> {
-    let Some(secret) = &cfg.secret else {
+    let Some(secret) = secret else {
         return Ok(());
     };
     let theirs = match read_frame(ws).await {

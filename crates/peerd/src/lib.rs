@@ -31,6 +31,7 @@
 //! | `web`       | the optional HTTP listener (`http_listen`)               |
 //! | `metrics`   | `/metrics`: the snapshot in the Prometheus format        |
 //! | `console`   | the browser console: tokens, its WebSocket, its page     |
+//! | `reload`    | what a reload may change live; the settings of the moment |
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
@@ -51,6 +52,7 @@ pub mod listener;
 pub mod metrics;
 pub mod origin;
 pub mod plain;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -98,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             state_dir,
             shared_socket,
+            config: cli.config.clone(),
         };
         daemon::run(cfg, paths, shutdown, on_ready).await?;
         Ok(())

@@ -162,6 +162,30 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "last_reload_successful",
+            "1 if the last reload (SIGHUP, peerctl reload) was applied, 0 if refused (absent before any).",
+            None,
+            Gauge(
+                s.last_reload
+                    .iter()
+                    .map(|r| (Vec::new(), flag(r.applied)))
+                    .collect(),
+            ),
+        )?;
+        family(
+            e,
+            "last_reload_timestamp",
+            "When the last reload was asked for (Unix time; absent before any).",
+            Some(Unit::Seconds),
+            Gauge(
+                s.last_reload
+                    .iter()
+                    .map(|r| (Vec::new(), secs(r.at_ms)))
+                    .collect(),
+            ),
+        )?;
+        family(
+            e,
             "auth_failures",
             "Peer handshakes refused for a wrong or missing proof of the secret, either direction.",
             None,
@@ -372,6 +396,13 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "peer_secret_added_timestamp",
+            "When this node first held the secret the live session authenticated with (Unix time; for rotation).",
+            Some(Unit::Seconds),
+            Gauge(per_peer(&|p| p.key_added_ms.map(secs))),
+        )?;
+        family(
+            e,
             "peer_max_message",
             "The largest message the peer takes (its max_message, from its last handshake).",
             Some(Unit::Bytes),
@@ -505,6 +536,7 @@ mod tests {
                 batch_records: Histogram::new(&[1]),
             },
             peers: vec![p],
+            last_reload: None,
         }
     }
 

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::console::Tokens;
 use crate::journal::{Cursor, Journal, JournalError, Log};
+use crate::reload::{self, Settings};
 use crate::status::{Observed, Refused};
 
 /// Entries per `Entries` reply while catching up.
@@ -46,12 +47,23 @@ pub const MAX_PIPELINED: usize = 64;
 
 /// What the control server answers from.
 pub struct Control {
-    pub cfg: Arc<Config>,
+    /// The config and the peer links of the moment (see `reload`).
+    pub settings: Settings,
     pub journal: Journal,
-    /// Where status snapshots come from (and the refusal counters).
+    /// Where `peerctl reload` asks for a reload.
+    pub reload: mpsc::Sender<reload::Ask>,
+    /// Where status snapshots come from (the last reload, the refusal
+    /// counters among them).
     pub observed: Arc<Observed>,
     /// The browser console's one-time tokens, when `http_listen` is set.
     pub console: Option<Arc<Tokens>>,
+}
+
+impl Control {
+    /// The config of the moment.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.settings.borrow().cfg.clone()
+    }
 }
 
 /// Serve clients until `shutdown`.
@@ -103,19 +115,19 @@ type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
-    let mut reader = frame::reader(rx, request_limit(ctx.cfg.max_message));
+    let mut reader = frame::reader(rx, request_limit(ctx.cfg().max_message));
     let mut writer = frame::writer(tx, MAX_FRAME);
     // Hello first, and soon: a client that connects and says nothing does
     // not get to hold a connection.
     let first = tokio::time::timeout(
-        ctx.cfg.handshake_timeout,
+        ctx.cfg().handshake_timeout,
         frame::recv::<Request, _>(&mut reader),
     )
     .await;
     let Ok(first) = first else {
         tracing::info!(
             "control client sent no Hello within {}; closed",
-            humantime::format_duration(ctx.cfg.handshake_timeout)
+            humantime::format_duration(ctx.cfg().handshake_timeout)
         );
         return;
     };
@@ -124,8 +136,8 @@ async fn serve(conn: Stream, ctx: &Control) {
             let hello = Response::Hello {
                 version: PROTOCOL_VERSION,
                 daemon_version: peerlink::VERSION.to_string(),
-                instance: ctx.cfg.instance.clone(),
-                max_message: ctx.cfg.max_message,
+                instance: ctx.cfg().instance.clone(),
+                max_message: ctx.cfg().max_message,
             };
             if frame::send(&mut writer, &hello).await.is_err() {
                 return;
@@ -179,6 +191,19 @@ async fn serve(conn: Stream, ctx: &Control) {
                     let out = drop_record(ctx, peer, seq);
                     replies.push_back(Box::pin(async move { vec![out] }));
                 }
+                Ok(Some(Request::Reload)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let asked = ctx.reload.send(reload::Ask { reply: Some(tx) }).await.is_ok();
+                    replies.push_back(Box::pin(async move {
+                        match (asked, rx.await) {
+                            (true, Ok(report)) => vec![Response::Reloaded(report)],
+                            _ => vec![Response::Error {
+                                kind: ErrorKind::ShuttingDown,
+                                message: "the daemon is shutting down; no reload".into(),
+                            }],
+                        }
+                    }));
+                }
                 Ok(Some(Request::Console)) => {
                     let out = console_url(ctx);
                     replies.push_back(Box::pin(async move { vec![out] }));
@@ -222,8 +247,8 @@ fn frame_error(ctx: &Control, e: FrameError) -> String {
     match e {
         FrameError::TooLarge { limit } => format!(
             "request larger than {limit} bytes, the limit for max_message ({}) of instance {}",
-            crate::units::Size(ctx.cfg.max_message),
-            ctx.cfg.instance
+            crate::units::Size(ctx.cfg().max_message),
+            ctx.cfg().instance
         ),
         e => e.to_string(),
     }
@@ -259,7 +284,7 @@ pub fn send(
     to.dedup();
     let refused = unknown_peer(&to, ctx)
         .map(|m| (Refused::UnknownPeer, m))
-        .or_else(|| refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance))
+        .or_else(|| refusal(&bodies, ctx.cfg().max_message, &ctx.cfg().instance))
         .or_else(|| peer_refusal(&bodies, &to, ctx));
     if let Some((why, message)) = refused {
         ctx.observed.tally.refused(why);
@@ -345,7 +370,8 @@ pub fn send(
 /// hold that peer's queue.
 fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<(Refused, String)> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
-    ctx.observed.boards.iter().find_map(|b| {
+    let current = ctx.settings.borrow().clone();
+    current.boards.iter().find_map(|b| {
         let s = b.snapshot();
         if !to.is_empty() && !to.contains(&s.name) {
             return None;
@@ -358,7 +384,7 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<(Ref
                  messages",
                 s.name,
                 crate::units::Size(limit),
-                crate::units::Size(ctx.cfg.max_message),
+                crate::units::Size(ctx.cfg().max_message),
                 s.name
             );
             (Refused::PeerMaxMessage, m)
@@ -369,15 +395,16 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<(Ref
 /// `send --to` a peer that is not configured: refused, naming the ones
 /// that are.
 fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
+    let cfg = ctx.cfg();
     let unknown: Vec<&str> = to
         .iter()
-        .filter(|n| !ctx.cfg.peers.iter().any(|p| &&p.name == n))
+        .filter(|n| !cfg.peers.iter().any(|p| &&p.name == n))
         .map(String::as_str)
         .collect();
     if unknown.is_empty() {
         return None;
     }
-    let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
     Some(format!(
         "no peer named {}; the configured peers are: {}",
         unknown.join(", "),
@@ -423,8 +450,9 @@ fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<(Refu
 
 /// `peerctl drop`: the operator gives up on one queued message for a peer.
 fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
-    if !ctx.cfg.peers.iter().any(|p| p.name == peer) {
-        let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    let cfg = ctx.cfg();
+    if !cfg.peers.iter().any(|p| p.name == peer) {
+        let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
         return Response::Error {
             kind: ErrorKind::Rejected,
             message: format!("no peer {peer:?}; the peers are {}", names.join(", ")),
@@ -456,7 +484,8 @@ fn console_url(ctx: &Control) -> Response {
             kind: ErrorKind::Rejected,
             message: format!(
                 "the console is off: instance {} has no http_listen (set e.g. http_listen = \"127.0.0.1:9180\" in {})",
-                ctx.cfg.instance, ctx.cfg.source
+                ctx.cfg().instance,
+                ctx.cfg().source
             ),
         },
     }
@@ -568,12 +597,19 @@ mod tests {
             segment_bytes: 1 << 20,
         })
         .unwrap();
-        let cfg = Arc::new(cfg);
-        let observed = Arc::new(Observed {
-            cfg: cfg.clone(),
-            journal: journal.clone(),
+        let current = crate::reload::Current {
+            cfg: Arc::new(cfg),
+            tls: Arc::new(crate::tls::Tls::none()),
+            links: Default::default(),
             boards: Vec::new(),
+            key_ages: Default::default(),
+        };
+        let (_, settings) = tokio::sync::watch::channel(Arc::new(current));
+        let observed = Arc::new(Observed {
+            settings: settings.clone(),
+            journal: journal.clone(),
             tally: Default::default(),
+            last_reload: Default::default(),
             started_ms: 0,
             listen: String::new(),
             http_listen: None,
@@ -581,8 +617,9 @@ mod tests {
             state_dir: String::new(),
         });
         Control {
-            cfg,
+            settings,
             journal,
+            reload: tokio::sync::mpsc::channel(1).0,
             observed,
             console: None,
         }

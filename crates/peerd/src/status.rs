@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use peerlink::control::{PeerStatus, Status};
+use peerlink::control::{PeerStatus, ReloadReport, Status};
 
-use crate::config::Config;
 use crate::journal::Journal;
+use crate::reload::Settings;
 
 /// The status record of one peer link.
 #[derive(Clone)]
@@ -98,10 +98,12 @@ impl Tally {
 /// `STATUS=`, `/metrics` and the browser console all show what it returns,
 /// so none of them knows something the others cannot.
 pub struct Observed {
-    pub cfg: Arc<Config>,
+    /// The config and the peer links of the moment (see `reload`).
+    pub settings: Settings,
     pub journal: Journal,
-    pub boards: Vec<PeerBoard>,
     pub tally: Arc<Tally>,
+    /// What the last reload did.
+    pub last_reload: Arc<Mutex<Option<ReloadReport>>>,
     pub started_ms: u64,
     pub listen: String,
     pub http_listen: Option<String>,
@@ -112,7 +114,9 @@ pub struct Observed {
 impl Observed {
     /// The daemon, its journal and every link, now.
     pub fn snapshot(&self) -> Status {
-        let peers = self
+        let current = self.settings.borrow().clone();
+        let cfg = &current.cfg;
+        let peers = current
             .boards
             .iter()
             .map(|b| {
@@ -141,8 +145,8 @@ impl Observed {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         Status {
-            instance: self.cfg.instance.clone(),
-            node: self.cfg.node.clone(),
+            instance: cfg.instance.clone(),
+            node: cfg.node.clone(),
             version: peerlink::VERSION.to_string(),
             pid: std::process::id(),
             started_ms: self.started_ms,
@@ -155,6 +159,11 @@ impl Observed {
             refused_sends,
             journal: self.journal.status(),
             peers,
+            last_reload: self
+                .last_reload
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

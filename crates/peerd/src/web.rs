@@ -54,9 +54,8 @@ type Body = Full<Bytes>;
 struct Web {
     ctl: Arc<Control>,
     tokens: Arc<Tokens>,
-    /// `Host` names accepted besides this machine's (`allowed_hosts`);
-    /// none when `http_listen` is not loopback (`Host` unchecked).
-    hosts: Option<Vec<String>>,
+    /// `http_listen` is a loopback address: `Host` is checked.
+    loopback: bool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -76,7 +75,7 @@ pub async fn run(
         .local_addr()
         .is_ok_and(|a: SocketAddr| a.ip().is_loopback());
     let web = Arc::new(Web {
-        hosts: loopback.then(|| ctl.cfg.allowed_hosts.clone()),
+        loopback,
         ctl,
         tokens,
         shutdown: shutdown.clone(),
@@ -116,7 +115,7 @@ pub async fn run(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(web.ctl.cfg.handshake_timeout)
+                .header_read_timeout(web.ctl.cfg().handshake_timeout)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades();
             tokio::select! {
@@ -135,7 +134,10 @@ fn handle(req: Request<Incoming>, web: &Arc<Web>, remote: SocketAddr) -> Respons
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
     }
     let path = req.uri().path().to_string();
-    if let Err(why) = check_origin(&req, web.hosts.clone(), &web.ctl.cfg.allowed_origins) {
+    // The config of the moment: a reload may change these lists.
+    let cfg = web.ctl.cfg();
+    let hosts = web.loopback.then(|| cfg.allowed_hosts.clone());
+    if let Err(why) = check_origin(&req, hosts, &cfg.allowed_origins) {
         tracing::warn!(%remote, "http {path}: {}", why.0);
         return text(StatusCode::FORBIDDEN, &why.1);
     }
@@ -262,7 +264,7 @@ fn upgrade(mut req: Request<Incoming>, web: &Arc<Web>, remote: SocketAddr) -> Re
             }
         };
         let mut config = WebSocketConfig::default();
-        let room = web2.ctl.cfg.max_message as usize * 6 + 64 * 1024;
+        let room = web2.ctl.cfg().max_message as usize * 6 + 64 * 1024;
         config.max_message_size = Some(room);
         config.max_frame_size = Some(room);
         let ws =

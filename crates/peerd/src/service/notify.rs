@@ -10,11 +10,15 @@
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` when the unit sets
 //!   `WatchdogSec=`, sent from a task on the daemon's runtime so a wedged
 //!   runtime stops feeding it and systemd restarts the daemon;
-//! - `STOPPING=1` as soon as shutdown starts.
+//! - `STOPPING=1` as soon as shutdown starts;
+//! - `RELOADING=1` with `MONOTONIC_USEC=` (which systemd 253 and later
+//!   require with it) when a reload starts, and `READY=1` once it is
+//!   applied or refused, with a `STATUS=` line that says which: the daemon
+//!   runs either way, on the new config or on the old one.
 //!
-//! The line is made from the daemon's one status snapshot
-//! ([`Observed::snapshot`], what `peerctl status` shows), polled every
-//! [`STATUS_EVERY`]; a new `STATUS=` goes out when the line changed. A failed notification is logged once at debug level: the
+//! The link tasks own the status records ([`PeerBoard`]); this module only
+//! polls them (every [`STATUS_EVERY`]) and sends a new `STATUS=` when the
+//! line changed. A failed notification is logged once at debug level: the
 //! daemon's work never depends on anyone listening.
 
 use std::time::Duration;
@@ -37,6 +41,7 @@ enum Note<'a> {
     Status(&'a str),
     Watchdog,
     Stopping,
+    Reloading,
 }
 
 /// Is a service manager listening for notifications?
@@ -89,6 +94,21 @@ pub fn stopping() {
     }
 }
 
+/// Send RELOADING=1 (with the clock systemd wants): a reload has begun.
+pub fn reloading() {
+    if wanted() {
+        Notifier { failed: false }.send(&[Note::Reloading]);
+    }
+}
+
+/// Send READY=1 after a reload, with what it did as STATUS= (until the
+/// next link status line replaces it).
+pub fn reloaded(what: &str) {
+    if wanted() {
+        Notifier { failed: false }.send(&[Note::Ready, Note::Status(what)]);
+    }
+}
+
 /// Half the interval the unit's `WatchdogSec=` asks for, if it does.
 fn watchdog_interval() -> Option<Duration> {
     #[cfg(unix)]
@@ -113,15 +133,22 @@ impl Notifier {
         #[cfg(unix)]
         {
             use sd_notify::NotifyState;
-            let states: Vec<NotifyState<'_>> = notes
-                .iter()
-                .map(|n| match n {
-                    Note::Ready => NotifyState::Ready,
-                    Note::Status(s) => NotifyState::Status(s),
-                    Note::Watchdog => NotifyState::Watchdog,
-                    Note::Stopping => NotifyState::Stopping,
-                })
-                .collect();
+            let mut states: Vec<NotifyState<'_>> = Vec::new();
+            for n in notes {
+                match n {
+                    Note::Ready => states.push(NotifyState::Ready),
+                    Note::Status(s) => states.push(NotifyState::Status(s)),
+                    Note::Watchdog => states.push(NotifyState::Watchdog),
+                    Note::Stopping => states.push(NotifyState::Stopping),
+                    Note::Reloading => {
+                        states.push(NotifyState::Reloading);
+                        match NotifyState::monotonic_usec_now() {
+                            Ok(now) => states.push(now),
+                            Err(e) => tracing::debug!("no monotonic clock for MONOTONIC_USEC: {e}"),
+                        }
+                    }
+                }
+            }
             if let Err(e) = sd_notify::notify(&states) {
                 if !self.failed {
                     tracing::debug!("cannot notify the service manager: {e}");
