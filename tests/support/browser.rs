@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use tokio_tungstenite::tungstenite;
+
 /// Debian's `chromium` (or `chromium-browser`) on `PATH`, if installed.
 pub fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -149,6 +151,113 @@ fn serve(conn: TcpStream, page: &str, reports: &mpsc::Sender<String>) {
     );
 }
 
+/// A Chrome DevTools Protocol session with one page: calls answered in
+/// order, events skipped.
+pub struct Cdp {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl Cdp {
+    /// Call `method` and return its `result` (panics on an error).
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = serde_json::json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(tungstenite::Message::text(msg.to_string()))
+            .unwrap_or_else(|e| panic!("DevTools {method}: {e}"));
+        loop {
+            let m = self
+                .ws
+                .read()
+                .unwrap_or_else(|e| panic!("DevTools {method}: {e}"));
+            let tungstenite::Message::Text(t) = m else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+            if v["id"] != id {
+                continue; // an event
+            }
+            if !v["error"].is_null() {
+                panic!("DevTools {method}: {}", v["error"]);
+            }
+            return v["result"].clone();
+        }
+    }
+
+    /// Evaluate `expr` in the page; its value as JSON (null if it threw).
+    pub fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expr, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Go to `url` and wait until the document has loaded.
+    pub fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", serde_json::json!({"url": url}));
+        let mut state = serde_json::Value::Null;
+        crate::wait_until(Duration::from_secs(30), &format!("{url} loaded"), || {
+            state = self.eval("document.readyState + ' ' + location.href");
+            state
+                .as_str()
+                .is_some_and(|s| s.starts_with("complete") && !s.ends_with("about:blank"))
+        });
+    }
+
+    /// Type `text` into the focused element, as a keyboard would.
+    pub fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", serde_json::json!({"text": text}));
+    }
+
+    /// Press Enter.
+    pub fn enter(&mut self) {
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                serde_json::json!({
+                    "type": kind, "key": "Enter", "code": "Enter",
+                    "windowsVirtualKeyCode": 13, "text": "\r"
+                }),
+            );
+        }
+    }
+
+    /// A PNG of the page as shown.
+    pub fn screenshot(&mut self) -> Vec<u8> {
+        let r = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        base64_decode(r["data"].as_str().unwrap_or_default())
+    }
+}
+
+/// Standard base64, as DevTools sends screenshots.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
 /// Undo `encodeURIComponent`.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -177,13 +286,27 @@ fn percent_decode(s: &str) -> String {
 pub struct Browser {
     child: Child,
     log: PathBuf,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
     /// Start `bin` on `url` with a fresh profile; its output goes to a log
     /// file next to the profile.
     pub fn open(bin: &Path, url: &str) -> Browser {
+        Self::open_with(bin, url, &[])
+    }
+
+    /// [`Browser::open`] that can be driven through the DevTools protocol
+    /// ([`Browser::devtools`]), in a window of a fixed size.
+    pub fn open_driven(bin: &Path, url: &str) -> Browser {
+        Self::open_with(
+            bin,
+            url,
+            &["--remote-debugging-port=0", "--window-size=1280,860"],
+        )
+    }
+
+    fn open_with(bin: &Path, url: &str, extra: &[&str]) -> Browser {
         let profile = tempfile::Builder::new()
             .prefix("plcr")
             .tempdir()
@@ -201,6 +324,7 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
         ])
+        .args(extra)
         .arg(format!(
             "--user-data-dir={}",
             profile.path().join("data").display()
@@ -218,8 +342,42 @@ impl Browser {
         Browser {
             child,
             log,
-            _profile: profile,
+            profile,
         }
+    }
+
+    /// A DevTools connection to the browser's page (started with
+    /// [`Browser::open_driven`]).
+    pub fn devtools(&self) -> Cdp {
+        // Chromium writes the port it took (port 0) to this file.
+        let file = self.profile.path().join("data").join("DevToolsActivePort");
+        let mut port = None;
+        crate::wait_until(Duration::from_secs(30), "chromium's DevTools port", || {
+            port = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u16>().ok()));
+            port.is_some()
+        });
+        let addr = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let mut page_ws = None;
+        crate::wait_until(Duration::from_secs(30), "chromium's page target", || {
+            let list = crate::http::get(&addr, "/json/list", &[]);
+            let v: serde_json::Value = serde_json::from_str(&list.body).unwrap_or_default();
+            page_ws = v.as_array().and_then(|targets| {
+                targets
+                    .iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(String::from))
+            });
+            page_ws.is_some()
+        });
+        let url = page_ws.unwrap_or_default();
+        let (ws, _) = tungstenite::connect(url.as_str())
+            .unwrap_or_else(|e| panic!("DevTools {url}: {e}\n{}", self.log()));
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        }
+        Cdp { ws, next: 0 }
     }
 
     /// What the browser printed so far.

@@ -11,6 +11,7 @@
 //!   deadline.
 
 pub mod browser;
+pub mod http;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

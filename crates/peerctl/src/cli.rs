@@ -79,6 +79,13 @@ pub enum Command {
     /// peer is told it is lost, both sides log and count it, and the queue
     /// moves on.
     Drop(DropArgs),
+    /// Print a one-time URL of the browser console.
+    ///
+    /// The daemon serves its console at http_listen (set it in the config
+    /// to turn it on). The URL carries a token that works once, within 10
+    /// minutes: opening it logs that browser in (a session cookie) and
+    /// drops the token from the address. Run it again for another browser.
+    Console(ConsoleArgs),
     /// Make the daemon re-read its config, and say what that did.
     ///
     /// The same as `systemctl reload peerd@<i>` or SIGHUP: what can change
@@ -96,6 +103,13 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Also open the URL in a browser (xdg-open, or $BROWSER).
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Debug, Args)]

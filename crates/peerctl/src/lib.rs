@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Status(args) => status::run(&target, args).await,
         Command::Attach => attach::run(&target).await.map(|()| EXIT_OK),
         Command::Drop(args) => drop_record(&target, args).await.map(|()| EXIT_OK),
+        Command::Console(args) => console(&target, args).await.map(|()| EXIT_OK),
         Command::Reload => reload(&target).await,
         Command::Completions { .. } => Ok(EXIT_OK),
     }
@@ -55,6 +56,39 @@ async fn drop_record(target: &Target, args: cli::DropArgs) -> Result<(), CtlErro
         Response::Error { kind, message } => Err(CtlError::Daemon { kind, message }),
         other => Err(CtlError::Protocol(format!("answered drop with {other:?}"))),
     }
+}
+
+/// `peerctl console`: print (and maybe open) a one-time console URL.
+async fn console(target: &Target, args: cli::ConsoleArgs) -> Result<(), CtlError> {
+    use peerlink::control::{Request, Response};
+    let mut client = client::Client::connect(target).await?;
+    client.send(&Request::Console).await?;
+    let url = match client.recv().await? {
+        Response::Console { url } => url,
+        Response::Error { kind, message } => return Err(CtlError::Daemon { kind, message }),
+        other => {
+            return Err(CtlError::Protocol(format!(
+                "answered console with {other:?}"
+            )));
+        }
+    };
+    println!("{url}");
+    if args.open {
+        let opener = std::env::var_os("BROWSER").unwrap_or_else(|| "xdg-open".into());
+        let opened = std::process::Command::new(&opener)
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = opened {
+            eprintln!(
+                "peerctl: cannot start {}: {e}; open the URL above yourself",
+                opener.to_string_lossy()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `peerctl reload`: exit 0 when applied, 1 when refused.

@@ -13,8 +13,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
+use std::collections::BTreeMap;
+
 use peerlink::control::{
-    Direction, LinkState, PeerStatus, ReloadReport, Request, Response, Status,
+    Direction, Histogram, LinkState, PeerStatus, ReloadReport, Request, Response, Status,
 };
 use serde::Serialize;
 
@@ -85,6 +87,12 @@ pub struct StatusJson {
     pub state_dir: String,
     /// Every peer link is connected (what exit status 0 means).
     pub all_up: bool,
+    /// The HTTP listener of /metrics and the console, or null (off).
+    pub http_listen: Option<String>,
+    /// Peer handshakes refused for a wrong or missing proof, since start.
+    pub auth_failures: u64,
+    /// Sends refused since start, by reason (only reasons that happened).
+    pub refused_sends: BTreeMap<String, u64>,
     pub journal: JournalJson,
     pub peers: Vec<PeerJson>,
     /// What the last reload since start did, or null.
@@ -103,6 +111,15 @@ pub struct JournalJson {
     /// keeps failing; `null` when writes work.
     pub storage_error: Option<String>,
     pub storage_error_ms: Option<u64>,
+    /// Journal writes that failed since start.
+    pub storage_errors: u64,
+    pub outbox_msgs: u64,
+    pub outbox_bytes: u64,
+    pub inbox_msgs: u64,
+    pub inbox_bytes: u64,
+    /// Write+fsync time per batch (µs) and records per batch, since start.
+    pub commit_us: Histogram,
+    pub batch_records: Histogram,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -140,6 +157,11 @@ pub struct PeerJson {
     pub queued_bytes: u64,
     pub oldest_queued_ms: Option<u64>,
     pub reconnects: u64,
+    /// `reconnects` by why the session before ended.
+    pub reconnect_reasons: BTreeMap<String, u64>,
+    /// Our messages (and their bytes as stored) the peer acknowledged.
+    pub msgs_acked: u64,
+    pub bytes_acked: u64,
     /// Messages known lost between us and this peer, either way (kept in
     /// the journal), and since this daemon started (exit status 5).
     pub msgs_lost: u64,
@@ -171,7 +193,17 @@ impl From<&Status> for StatusJson {
             socket: s.socket.clone(),
             state_dir: s.state_dir.clone(),
             all_up: all_up(s),
+            http_listen: s.http_listen.clone(),
+            auth_failures: s.auth_failures,
+            refused_sends: s.refused_sends.clone(),
             journal: JournalJson {
+                storage_errors: s.journal.storage_errors,
+                outbox_msgs: s.journal.outbox_msgs,
+                outbox_bytes: s.journal.outbox_bytes,
+                inbox_msgs: s.journal.inbox_msgs,
+                inbox_bytes: s.journal.inbox_bytes,
+                commit_us: s.journal.commit_us.clone(),
+                batch_records: s.journal.batch_records.clone(),
                 durable: s.journal.durable,
                 epoch: format!("{:016x}", s.journal.epoch),
                 outbox_next: s.journal.outbox_next,
@@ -214,6 +246,9 @@ impl From<&PeerStatus> for PeerJson {
             queued_bytes: p.queued_bytes,
             oldest_queued_ms: p.oldest_queued_ms,
             reconnects: p.reconnects,
+            reconnect_reasons: p.reconnect_reasons.clone(),
+            msgs_acked: p.msgs_acked,
+            bytes_acked: p.bytes_acked,
             msgs_lost: p.msgs_lost,
             msgs_lost_since_start: p.msgs_lost_since_start,
             peer_max_message: p.peer_max_message,
@@ -308,6 +343,9 @@ pub fn render(s: &Status) -> String {
     daemon.add("uptime", human_duration(now.saturating_sub(s.started_ms)));
     daemon.add("listening", s.listen.clone());
     daemon.add("control", s.socket.clone());
+    if let Some(h) = &s.http_listen {
+        daemon.add("http", format!("{h} (/metrics; peerctl console)"));
+    }
     let store = if s.journal.durable {
         format!("durable in {}", s.state_dir)
     } else {
@@ -427,7 +465,20 @@ fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
     if let Some(h) = &p.held {
         b.add("held", format!("{WARN}{h}{WARN:#}"));
     }
-    b.add("reconnects", p.reconnects.to_string());
+    b.add("acked", count(p.msgs_acked, "msg", "msgs"));
+    let reasons: Vec<String> = p
+        .reconnect_reasons
+        .iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect();
+    if reasons.is_empty() {
+        b.add("reconnects", p.reconnects.to_string());
+    } else {
+        b.add(
+            "reconnects",
+            format!("{} ({})", p.reconnects, reasons.join(", ")),
+        );
+    }
     if p.msgs_lost > 0 {
         b.add(
             "lost",
@@ -464,6 +515,9 @@ mod tests {
             listen: "127.0.0.1:8080".into(),
             socket: "/run/peerd/a/control.sock".into(),
             state_dir: "/var/lib/peerd/a".into(),
+            http_listen: None,
+            auth_failures: 0,
+            refused_sends: Default::default(),
             journal: JournalStatus {
                 durable: false,
                 epoch: u64::MAX,
@@ -472,6 +526,7 @@ mod tests {
                 inbox_first: 1,
                 storage_error: None,
                 storage_error_ms: None,
+                ..JournalStatus::default()
             },
             peers: vec![PeerStatus {
                 state: LinkState::Backoff,
@@ -525,7 +580,8 @@ mod tests {
                 colon + 1 + l[colon + 1..].len() - l[colon + 1..].trim_start().len()
             })
             .collect();
-        assert_eq!(starts.len(), 10);
+        assert_eq!(starts.len(), 11);
+        assert!(plain.contains("  acked:      0 msgs\n"), "{plain}");
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{plain}");
     }
 

@@ -81,6 +81,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// Certificate files (`[tls]`), resolved against the config's folder.
     pub tls: TlsFiles,
+    /// The HTTP listener of `/metrics` and the browser console; none: off.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: what the listener serves and what the dialler trusts.
@@ -129,6 +131,7 @@ struct File {
     allowed_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     tls: Option<FileTls>,
+    http_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +342,16 @@ impl Config {
         let allowed_hosts =
             normalise_all("allowed_hosts", file.allowed_hosts, origin::normalise_host)
                 .map_err(err)?;
+        let http_listen = file
+            .http_listen
+            .map(|t| {
+                t.parse::<SocketAddr>().map_err(|e| {
+                    err(format!(
+                        "http_listen {t:?}: {e} (use host:port, e.g. 127.0.0.1:9180)"
+                    ))
+                })
+            })
+            .transpose()?;
         let d = |v: Option<HumanDuration>, def: u64| {
             v.map(|h| h.0).unwrap_or(Duration::from_millis(def))
         };
@@ -386,6 +399,7 @@ impl Config {
             allowed_origins,
             allowed_hosts,
             tls,
+            http_listen,
         };
         cfg.check().map_err(err)?;
         Ok(cfg)
@@ -423,6 +437,14 @@ impl Config {
                 "listen {} is not a loopback address and no secret is set, so anyone who can reach it could send messages; \
                  set `secret` or `secret_file` (the same on both peers), or `insecure = true` to allow it anyway",
                 self.listen
+            ));
+        }
+        if let Some(h) = self.http_listen.filter(|h| !h.ip().is_loopback())
+            && !self.insecure
+        {
+            return Err(format!(
+                "http_listen {h} is not a loopback address: /metrics needs no token and nothing on it is encrypted; \
+                 keep it on 127.0.0.1 (scrape through a proxy or an SSH tunnel), or set `insecure = true` to allow it anyway"
             ));
         }
         for (name, v) in [
@@ -537,6 +559,14 @@ impl Config {
             );
         }
         let _ = writeln!(s, "allowed_hosts = {}", quote_list(&self.allowed_hosts));
+        match self.http_listen {
+            Some(h) => {
+                let _ = writeln!(s, "http_listen = \"{h}\"");
+            }
+            None => {
+                let _ = writeln!(s, "# http_listen is off (no /metrics, no console)");
+            }
+        }
         if self.tls != TlsFiles::default() {
             let _ = writeln!(s, "\n[tls]");
             for (k, v) in [
@@ -985,6 +1015,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn http_listen_is_off_by_default_and_loopback_unless_insecure() {
+        assert_eq!(Config::parse("a", "", "a.toml").unwrap().http_listen, None);
+        let c = Config::parse("a", "http_listen = \"127.0.0.1:9180\"", "a.toml").unwrap();
+        assert_eq!(c.http_listen.map(|h| h.port()), Some(9180));
+        let e = Config::parse("a", "http_listen = \"0.0.0.0:9180\"", "a.toml").unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("http_listen") && e.contains("insecure = true"),
+            "{e}"
+        );
+        let e = Config::parse("a", "http_listen = \"nowhere\"", "a.toml").unwrap_err();
+        assert!(e.to_string().contains("http_listen"), "{e}");
+        let c = Config::parse(
+            "a",
+            "http_listen = \"0.0.0.0:9180\"\ninsecure = true",
+            "a.toml",
+        );
+        assert!(c.is_ok());
     }
 
     #[test]

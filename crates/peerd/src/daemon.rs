@@ -16,16 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Fsync};
+use crate::console::Tokens;
 use crate::error::{Error, Result};
 use crate::handshake::Established;
 use crate::journal::{self, Journal};
 use crate::link::Link;
 use crate::listener::{self, Accepting};
-use crate::reload::{self, Current, KeyAges, Settings};
+use crate::reload::{self, Current, KeyAges};
 use crate::server::{self, Control};
 use crate::service::notify;
-use crate::status::PeerBoard;
+use crate::status::{Observed, PeerBoard, Tally};
 use crate::tls::Tls;
+use crate::web;
 
 /// Where this run keeps its files (resolved by `peerlink::paths`).
 #[derive(Debug, Clone)]
@@ -43,10 +45,9 @@ pub struct Paths {
 pub struct Ready {
     /// The address it actually listens on (port 0 resolved).
     pub listen: std::net::SocketAddr,
-    /// The settings of the moment, whose status records of the peer links
-    /// feed the service manager's STATUS= line (`service::notify`);
-    /// read-only for the caller.
-    pub settings: Settings,
+    /// Where status snapshots come from, for the service manager's
+    /// STATUS= line (`service::notify`); read-only for the caller.
+    pub observed: Arc<Observed>,
 }
 
 /// Called once the daemon is ready to serve (listener and control socket
@@ -73,6 +74,18 @@ pub async fn run(
             source,
         })?;
     let listen = tcp.local_addr()?;
+    let http = match cfg.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let control = peerlink::endpoint::bind(&paths.socket, paths.shared_socket).await?;
     if cfg.insecure_listen() {
         tracing::warn!(
@@ -101,6 +114,7 @@ pub async fn run(
     })?;
 
     let tracker = TaskTracker::new();
+    let tally = Arc::new(Tally::default());
     let key_ages = KeyAges::new(&paths.state_dir);
     let (settings_tx, settings) = watch::channel(Arc::new(Current {
         cfg: cfg.clone(),
@@ -119,11 +133,13 @@ pub async fn run(
         tls_digest: reload::tls_digest(&cfg),
         key_ages,
         last: Arc::new(Mutex::new(None)),
+        tally: tally.clone(),
     };
     running.apply(cfg.clone(), tls);
     let accepting = Arc::new(Accepting {
         journal: journal.clone(),
         settings: settings.clone(),
+        tally: tally.clone(),
     });
     tracker.spawn(listener::run(
         tcp,
@@ -131,23 +147,47 @@ pub async fn run(
         shutdown.clone(),
         tracker.clone(),
     ));
+    let observed = Arc::new(Observed {
+        settings: settings.clone(),
+        journal: journal.clone(),
+        tally,
+        last_reload: running.last.clone(),
+        started_ms: peerlink::now_ms(),
+        listen: listen.to_string(),
+        http_listen: http_addr.map(|a| a.to_string()),
+        socket: paths.socket.display().to_string(),
+        state_dir: paths.state_dir.display().to_string(),
+    });
     let ready = Ready {
         listen,
-        settings: settings.clone(),
+        observed: observed.clone(),
     };
     let ctl = Arc::new(Control {
         settings,
         journal: journal.clone(),
         reload: asks_tx,
-        last_reload: running.last.clone(),
-        started_ms: peerlink::now_ms(),
-        listen: listen.to_string(),
-        socket: paths.socket.display().to_string(),
-        state_dir: paths.state_dir.display().to_string(),
+        observed,
+        console: http_addr.map(|a| Arc::new(Tokens::new(a))),
     });
+    if let (Some(http), Some(addr)) = (http, http_addr) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "insecure = true: http_listen {addr} is reachable beyond this host; /metrics needs no token there"
+            );
+        }
+        tracker.spawn(web::run(
+            http,
+            ctl.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     tracker.spawn(server::run(control, ctl, shutdown.clone(), tracker.clone()));
+    let http_note = http_addr
+        .map(|a| format!(", http on {a} (/metrics, console)"))
+        .unwrap_or_default();
     tracing::info!(
-        "peerd {} ({}) ready: listening on {listen}{}, control socket {}",
+        "peerd {} ({}) ready: listening on {listen}{}, control socket {}{http_note}",
         cfg.instance,
         peerlink::VERSION,
         cfg.path,
@@ -210,6 +250,8 @@ struct Running {
     tls_digest: Vec<u8>,
     key_ages: KeyAges,
     last: Arc<Mutex<Option<ReloadReport>>>,
+    /// Counts failed authentications (handed to every link).
+    tally: Arc<Tally>,
 }
 
 impl Running {
@@ -317,6 +359,7 @@ impl Running {
                 settings: self.settings.subscribe(),
                 journal: self.journal.clone(),
                 board,
+                tally: self.tally.clone(),
                 offers,
                 shutdown: stop,
                 tracker: self.tracker.clone(),

@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use peerlink::control::{Entry, JournalStatus};
+use peerlink::control::{Entry, Histogram, JournalStatus};
 
 pub use self::cursor::{Cursor, Log};
 use self::log::LogIndex;
@@ -172,6 +172,8 @@ struct State {
     outbox_reserved: u64,
     /// The last write that failed (and when), until a write succeeds.
     storage_error: Option<(String, u64)>,
+    /// What the writer measured since start (for status and metrics).
+    stats: Stats,
     /// Per peer: our records below this were reported lost to it.
     lost_told: HashMap<String, u64>,
     /// Per peer: queued records the operator dropped (`peerctl drop`),
@@ -207,6 +209,27 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Messages known lost between us and the peer, either way.
     pub msgs_lost: u64,
+}
+
+/// The writer's measurements since start.
+struct Stats {
+    commit_us: Histogram,
+    batch_records: Histogram,
+    storage_errors: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            // 50 µs to 5 s: a page-cache write to a slow disk's fsync.
+            commit_us: Histogram::new(&[
+                50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+                500_000, 1_000_000, 5_000_000,
+            ]),
+            batch_records: Histogram::new(&[1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]),
+            storage_errors: 0,
+        }
+    }
 }
 
 enum Write {
@@ -709,9 +732,32 @@ impl Journal {
         self.shared.inbox_next.subscribe()
     }
 
-    pub fn status(&self) -> JournalStatus {
+    /// Our messages `peer` has acknowledged since this daemon started, and
+    /// their bytes on disk (counted as its queue is settled).
+    pub fn acked(&self, peer: &str) -> (u64, u64) {
+        if let Err(e) = queues::settle(&self.shared, peer) {
+            tracing::debug!("journal: counting {peer}'s queue: {e}");
+        }
         let st = self.lock();
+        let q = st.queues.get(peer).copied().unwrap_or_default();
+        (q.acked_msgs, q.acked_bytes)
+    }
+
+    pub fn status(&self) -> JournalStatus {
+        let floor = self.lock().floor;
+        // Where the floor is in bytes: found outside the lock (it may read
+        // the disk).
+        let floor_pos = pos_of(&self.shared, |st| &st.outbox, floor);
+        let st = self.lock();
+        let outbox_end = st.outbox.end_pos();
         JournalStatus {
+            storage_errors: st.stats.storage_errors,
+            outbox_msgs: st.outbox.next().saturating_sub(st.floor),
+            outbox_bytes: floor_pos.map_or(0, |p| outbox_end.saturating_sub(p)),
+            inbox_msgs: st.inbox.next().saturating_sub(st.inbox_first),
+            inbox_bytes: st.inbox.end_pos().saturating_sub(st.inbox_first_pos),
+            commit_us: st.stats.commit_us.clone(),
+            batch_records: st.stats.batch_records.clone(),
             durable: self.durable(),
             epoch: self.shared.epoch,
             outbox_next: st.outbox.next(),

@@ -27,6 +27,10 @@
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
 //! | `server`    | the control socket (`peerctl`)                           |
+//! | `status`    | the one status snapshot: control, STATUS=, metrics, console |
+//! | `web`       | the optional HTTP listener (`http_listen`)               |
+//! | `metrics`   | `/metrics`: the snapshot in the Prometheus format        |
+//! | `console`   | the browser console: tokens, its WebSocket, its page     |
 //! | `reload`    | what a reload may change live; the settings of the moment |
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
@@ -37,6 +41,7 @@ pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod dial;
 pub mod error;
@@ -44,6 +49,7 @@ pub mod handshake;
 pub mod journal;
 pub mod link;
 pub mod listener;
+pub mod metrics;
 pub mod origin;
 pub mod plain;
 pub mod reload;
@@ -54,6 +60,7 @@ pub mod status;
 pub mod tls;
 pub mod transport;
 pub mod units;
+pub mod web;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -42,11 +42,12 @@ use crate::auth::KeyId;
 use crate::backoff::Backoff;
 use crate::config::{Config, Peer};
 use crate::dial;
-use crate::handshake::{self, Established, LinkError};
+use crate::handshake::{self, Established, HandshakeError, LinkError};
 use crate::journal::Journal;
 use crate::reload::{Current, Settings};
 use crate::session::{self, CloseReason};
 use crate::status::PeerBoard;
+use crate::status::Tally;
 use crate::wire::CLOSE_DUPLICATE;
 
 /// Should a new session dialled by `new_dialler` replace the live one
@@ -63,6 +64,8 @@ pub struct Link {
     pub settings: Settings,
     pub journal: Journal,
     pub board: PeerBoard,
+    /// Counts failed authentications of our dials.
+    pub tally: Arc<Tally>,
     /// Sessions the listener accepted from this peer.
     pub offers: mpsc::Receiver<Established>,
     /// Fires on shutdown, or when a reload removes this peer.
@@ -130,6 +133,8 @@ impl Link {
         // The last session ended as the loser of a collision (not a
         // reconnect when the kept one arrives).
         let mut after_collision = false;
+        // Why the last session ended: the reason of the next reconnect.
+        let mut down_reason = "connection";
         // The last dial error logged at warn: a new kind of failure (wrong
         // secret, bad certificate) is logged once, not at every retry.
         let mut last_warned: Option<String> = None;
@@ -168,7 +173,7 @@ impl Link {
                     }
                 }
                 Some(est) = self.offers.recv() => {
-                    self.offer(est, &mut live, &mut next_id, &mut sessions, std::mem::take(&mut after_collision), &ended_tx);
+                    self.offer(est, &mut live, &mut next_id, &mut sessions, (std::mem::take(&mut after_collision), down_reason), &ended_tx);
                 }
                 Some(result) = dialled_rx.recv() => {
                     dialling = false;
@@ -178,7 +183,7 @@ impl Link {
                     match result {
                         Ok(est) => {
                             let replacing = rekeying.is_some() || std::mem::take(&mut after_collision);
-                            self.offer(est, &mut live, &mut next_id, &mut sessions, replacing, &ended_tx)
+                            self.offer(est, &mut live, &mut next_id, &mut sessions, (replacing, down_reason), &ended_tx)
                         }
                         Err(e) if rekeying.is_some() && live.is_some() => {
                             tracing::warn!(peer = %self.name, "re-keying failed: {e}");
@@ -227,6 +232,7 @@ impl Link {
                                 tracing::debug!(peer = %self.name, "link down again: {}", ended.why);
                             }
                             after_collision = false;
+                            down_reason = reconnect_reason(&ended.why);
                             next_dial = self.schedule(&mut backoff, &ended.why);
                         }
                     }
@@ -244,10 +250,11 @@ impl Link {
                             s.next_attempt_ms = None;
                         }
                     });
-                    let (current, journal, tx) = (
+                    let (current, journal, tx, tally) = (
                         self.current(),
                         self.journal.clone(),
                         dialled_tx.clone(),
+                        self.tally.clone(),
                     );
                     let shutdown = self.shutdown.clone();
                     self.tracker.spawn(async move {
@@ -258,6 +265,9 @@ impl Link {
                             r = tokio::time::timeout(timeout, dial::dial(cfg, &journal, tls, &peer)) => r,
                         };
                         let r = r.unwrap_or(Err(LinkError::Timeout(timeout)));
+                        if matches!(r, Err(LinkError::Handshake(HandshakeError::Auth(_)))) {
+                            tally.auth_failed();
+                        }
                         let _ = tx.send(r).await;
                     });
                 }
@@ -292,7 +302,7 @@ impl Link {
         live: &mut Option<Live>,
         next_id: &mut u64,
         sessions: &mut u64,
-        after_collision: bool,
+        (after_collision, reason): (bool, &'static str),
         ended: &mpsc::UnboundedSender<(u64, session::Ended)>,
     ) {
         // Winning a collision against the other side's session is not a
@@ -336,6 +346,7 @@ impl Link {
             s.next_attempt_ms = None;
             if *sessions > 0 && !collision {
                 s.reconnects += 1;
+                *s.reconnect_reasons.entry(reason.to_string()).or_default() += 1;
             }
         });
         *sessions += 1;
@@ -378,6 +389,26 @@ fn show_key(k: Option<KeyId>) -> String {
     k.map(|k| k.to_string()).unwrap_or_else(|| "none".into())
 }
 
+/// The `reason` label of a reconnect, from why the session before it
+/// ended (the one-line reasons of [`session`]).
+pub fn reconnect_reason(why: &str) -> &'static str {
+    if why.starts_with("nothing received for") {
+        "timeout"
+    } else if why.starts_with("peer closed the link") {
+        "peer_closed"
+    } else if why.starts_with("paused:") {
+        "storage"
+    } else if why.starts_with("bad ")
+        || why.starts_with("unexpected ")
+        || why.starts_with("data of epoch")
+        || why.starts_with("text frame")
+    {
+        "protocol"
+    } else {
+        "connection"
+    }
+}
+
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
@@ -385,6 +416,17 @@ fn round_ms(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::new_session_wins;
+
+    #[test]
+    fn reconnect_reasons_are_a_few_labels() {
+        use super::reconnect_reason as r;
+        assert_eq!(r("nothing received for 15s"), "timeout");
+        assert_eq!(r("peer closed the link: going away"), "peer_closed");
+        assert_eq!(r("paused: b's disk full"), "storage");
+        assert_eq!(r("bad frame from peer: x"), "protocol");
+        assert_eq!(r("connection closed"), "connection");
+        assert_eq!(r("Connection reset by peer (os error 104)"), "connection");
+    }
 
     #[test]
     fn smaller_dialler_wins_on_both_sides() {

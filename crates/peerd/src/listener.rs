@@ -36,6 +36,7 @@ use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
 use crate::reload::{Current, Settings};
+use crate::status::Tally;
 use crate::transport::{Ws, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
@@ -45,6 +46,8 @@ pub struct Accepting {
     /// Config, TLS and the link task of each peer, as of now: each
     /// connection takes one snapshot and keeps it (see `reload`).
     pub settings: Settings,
+    /// Counts failed authentications.
+    pub tally: Arc<Tally>,
 }
 
 /// Accept until `shutdown`.
@@ -113,7 +116,10 @@ pub async fn run(
             drop(ticket);
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
-                Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
+                Ok(Err(e @ HandshakeError::Auth(_))) => {
+                    ctx.tally.auth_failed();
+                    tracing::warn!(%remote, "peer refused: {e}");
+                }
                 Ok(Err(HandshakeError::Forbidden(e))) => tracing::warn!(%remote, "{e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(Accepted::Peer(est))) => {

@@ -89,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let notify_shutdown = shutdown.clone();
         let readiness = daemonized.as_ref().map(|d| d.readiness.clone());
         let on_ready = Box::new(move |ready: daemon::Ready| {
-            peerd::service::notify::start(ready.settings, notify_shutdown);
+            peerd::service::notify::start(ready.observed, notify_shutdown);
             if let Some(r) = readiness {
                 r.lock().unwrap_or_else(|p| p.into_inner()).ready();
             }

@@ -73,6 +73,11 @@ pub fn diff(old: &Config, new: &Config) -> Result<Vec<String>, String> {
     fixed("node", old.node.clone(), new.node.clone());
     fixed("listen", old.listen.to_string(), new.listen.to_string());
     fixed(
+        "http_listen",
+        format!("{:?}", old.http_listen),
+        format!("{:?}", new.http_listen),
+    );
+    fixed(
         "fsync",
         format!("{:?}", old.fsync),
         format!("{:?}", new.fsync),

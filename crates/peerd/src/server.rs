@@ -16,7 +16,7 @@
 //! [`MAX_PIPELINED`] requests of one client wait for their replies before
 //! its next request is read.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -24,8 +24,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use peerlink::control::{
-    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, ReloadReport, Request, Response, Status,
-    TAIL_BATCH_BYTES, TailStart, request_limit,
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, TAIL_BATCH_BYTES, TailStart,
+    request_limit,
 };
 use peerlink::endpoint::{RecvHalf, SendHalf};
 use peerlink::frame::{self, FrameError, Reader, Writer};
@@ -33,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::console::Tokens;
 use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::reload::{self, Settings};
+use crate::status::{Observed, Refused};
 
 /// Entries per `Entries` reply while catching up.
 const TAIL_CHUNK: usize = 1000;
@@ -50,16 +52,16 @@ pub struct Control {
     pub journal: Journal,
     /// Where `peerctl reload` asks for a reload.
     pub reload: mpsc::Sender<reload::Ask>,
-    /// What the last reload did.
-    pub last_reload: Arc<Mutex<Option<ReloadReport>>>,
-    pub started_ms: u64,
-    pub listen: String,
-    pub socket: String,
-    pub state_dir: String,
+    /// Where status snapshots come from (the last reload, the refusal
+    /// counters among them).
+    pub observed: Arc<Observed>,
+    /// The browser console's one-time tokens, when `http_listen` is set.
+    pub console: Option<Arc<Tokens>>,
 }
 
 impl Control {
-    fn cfg(&self) -> Arc<Config> {
+    /// The config of the moment.
+    pub fn cfg(&self) -> Arc<Config> {
         self.settings.borrow().cfg.clone()
     }
 }
@@ -202,8 +204,12 @@ async fn serve(conn: Stream, ctx: &Control) {
                         }
                     }));
                 }
+                Ok(Some(Request::Console)) => {
+                    let out = console_url(ctx);
+                    replies.push_back(Box::pin(async move { vec![out] }));
+                }
                 Ok(Some(Request::Status)) => {
-                    let status = status(ctx);
+                    let status = ctx.observed.snapshot();
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
                 }
                 Ok(Some(Request::Tail { start, follow, origin })) => {
@@ -267,7 +273,7 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
 /// second one once every peer has it. `Sent` goes out as soon as the
 /// messages are durable, not with `Delivered`, so a client whose daemon
 /// goes away mid-wait knows they were stored (and will be delivered).
-fn send(
+pub fn send(
     ctx: &Control,
     slot: crate::journal::Slot,
     bodies: Vec<Vec<u8>>,
@@ -277,9 +283,11 @@ fn send(
     to.sort();
     to.dedup();
     let refused = unknown_peer(&to, ctx)
+        .map(|m| (Refused::UnknownPeer, m))
         .or_else(|| refusal(&bodies, ctx.cfg().max_message, &ctx.cfg().instance))
         .or_else(|| peer_refusal(&bodies, &to, ctx));
-    if let Some(message) = refused {
+    if let Some((why, message)) = refused {
+        ctx.observed.tally.refused(why);
         let error = Response::Error {
             kind: ErrorKind::Rejected,
             message,
@@ -323,8 +331,16 @@ fn send(
             }
         })
     });
+    let tally = ctx.observed.tally.clone();
     let stored = Box::pin(async move {
-        match appended.await {
+        let r = appended.await;
+        match &r {
+            Ok(_) => {}
+            Err(JournalError::OutboxFull { .. }) => tally.refused(Refused::OutboxFull),
+            Err(JournalError::Closed) => tally.refused(Refused::ShuttingDown),
+            Err(_) => tally.refused(Refused::Storage),
+        }
+        match r {
             Ok((first, last)) => {
                 let _ = stored_tx.send(last);
                 vec![Response::Sent { first, last }]
@@ -352,7 +368,7 @@ fn send(
 /// A message larger than a peer takes (its `max_message`, learned in the
 /// handshake) is refused here, naming both limits, rather than queued to
 /// hold that peer's queue.
-fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<String> {
+fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<(Refused, String)> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
     let current = ctx.settings.borrow().clone();
     current.boards.iter().find_map(|b| {
@@ -362,7 +378,7 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<Stri
         }
         let limit = s.peer_max_message?;
         (biggest > limit).then(|| {
-            format!(
+            let m = format!(
                 "a message of {biggest} bytes is larger than {}'s max_message ({}), though within \
                  this node's ({}); nothing was queued. Raise max_message on {} or send smaller \
                  messages",
@@ -370,7 +386,8 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<Stri
                 crate::units::Size(limit),
                 crate::units::Size(ctx.cfg().max_message),
                 s.name
-            )
+            );
+            (Refused::PeerMaxMessage, m)
         })
     })
 }
@@ -401,7 +418,7 @@ fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
 
 /// Why a batch of bodies is refused whole, if it is: an empty message
 /// (never stored) or one over `max_message`.
-fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<String> {
+fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<(Refused, String)> {
     let (i, b) = bodies
         .iter()
         .enumerate()
@@ -411,19 +428,23 @@ fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<Strin
     } else {
         "message".to_string()
     };
-    let why = if b.is_empty() {
-        format!("{which} is empty; empty messages are never stored")
+    let (kind, why) = if b.is_empty() {
+        (
+            Refused::Empty,
+            format!("{which} is empty; empty messages are never stored"),
+        )
     } else {
-        format!(
+        let m = format!(
             "{which} of {} bytes is larger than max_message ({}) of instance {instance}",
             b.len(),
             crate::units::Size(max_message)
-        )
+        );
+        (Refused::TooLarge, m)
     };
     Some(if bodies.len() > 1 {
-        format!("{why}; nothing in this batch was queued")
+        (kind, format!("{why}; nothing in this batch was queued"))
     } else {
-        why
+        (kind, why)
     })
 }
 
@@ -453,44 +474,20 @@ fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
     }
 }
 
-fn status(ctx: &Control) -> Status {
-    let current = ctx.settings.borrow().clone();
-    let peers = current
-        .boards
-        .iter()
-        .map(|b| {
-            let mut s = b.snapshot();
-            let (msgs, bytes, oldest) = ctx.journal.queued(&s.name);
-            s.queued_msgs = msgs;
-            s.queued_bytes = bytes;
-            s.oldest_queued_ms = oldest;
-            // Traffic counters live in the journal, so they survive restarts.
-            let c = ctx.journal.counters(&s.name);
-            s.msgs_sent = c.msgs_sent;
-            s.bytes_sent = c.bytes_sent;
-            s.msgs_received = c.msgs_received;
-            s.bytes_received = c.bytes_received;
-            s.msgs_lost = c.msgs_lost;
-            s
-        })
-        .collect();
-    Status {
-        instance: ctx.cfg().instance.clone(),
-        node: ctx.cfg().node.clone(),
-        version: peerlink::VERSION.to_string(),
-        pid: std::process::id(),
-        started_ms: ctx.started_ms,
-        now_ms: peerlink::now_ms(),
-        listen: ctx.listen.clone(),
-        socket: ctx.socket.clone(),
-        state_dir: ctx.state_dir.clone(),
-        journal: ctx.journal.status(),
-        peers,
-        last_reload: ctx
-            .last_reload
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+/// `peerctl console`: a URL with a fresh one-time token, or why not.
+fn console_url(ctx: &Control) -> Response {
+    match &ctx.console {
+        Some(tokens) => Response::Console {
+            url: tokens.issue(),
+        },
+        None => Response::Error {
+            kind: ErrorKind::Rejected,
+            message: format!(
+                "the console is off: instance {} has no http_listen (set e.g. http_listen = \"127.0.0.1:9180\" in {})",
+                ctx.cfg().instance,
+                ctx.cfg().source
+            ),
+        },
     }
 }
 
@@ -608,15 +605,23 @@ mod tests {
             key_ages: Default::default(),
         };
         let (_, settings) = tokio::sync::watch::channel(Arc::new(current));
+        let observed = Arc::new(Observed {
+            settings: settings.clone(),
+            journal: journal.clone(),
+            tally: Default::default(),
+            last_reload: Default::default(),
+            started_ms: 0,
+            listen: String::new(),
+            http_listen: None,
+            socket: String::new(),
+            state_dir: String::new(),
+        });
         Control {
             settings,
             journal,
             reload: tokio::sync::mpsc::channel(1).0,
-            last_reload: Default::default(),
-            started_ms: 0,
-            listen: String::new(),
-            socket: String::new(),
-            state_dir: String::new(),
+            observed,
+            console: None,
         }
     }
 
@@ -687,6 +692,9 @@ mod tests {
             m,
             "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"
         );
+        let counted = ctx.observed.snapshot().refused_sends;
+        assert_eq!(counted.get("too_large"), Some(&1), "{counted:?}");
+        assert_eq!(counted.get("empty"), Some(&1), "{counted:?}");
         // Nothing of either was stored; exactly max_message is fine.
         assert_eq!(
             send(

@@ -26,6 +26,8 @@
 //!    - `Status` → `Status`.
 //!    - `Reload` → `Reloaded` once the daemon re-read its config and
 //!      applied it or refused it (the same as SIGHUP).
+//!    - `Console` → `Console` with a one-time URL of the browser console,
+//!      or an error when `http_listen` is off.
 //!
 //! # Limits and trust
 //!
@@ -42,14 +44,18 @@
 //! body, and a `Tail`'s `Entries` (the daemon puts at most
 //! [`TAIL_BATCH_BYTES`] of bodies in one, or a single entry of any size).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
 /// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
 /// the journal's storage error, loss counters, peer limits and held queues;
 /// `Drop`; `Send` has `to` and `Tail` `origin`. 3: `Reload`; `Status` has
-/// the last reload and each peer's secret id.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// the last reload and each peer's secret id. 4: `Status` has what
+/// `/metrics` shows (acks, reconnect reasons, refused sends, authentication
+/// failures, journal sizes and histograms, the HTTP listener); `Console`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest `max_message` a daemon may be configured with.
 pub const MAX_MESSAGE_LIMIT: u64 = 64 * 1024 * 1024;
@@ -104,6 +110,8 @@ pub enum Request {
     Drop { peer: String, seq: u64 },
     /// Re-read the config and apply what can change live (like SIGHUP).
     Reload,
+    /// A one-time URL of the browser console (`peerctl console`).
+    Console,
 }
 
 /// Where a `Tail` starts reading the inbox.
@@ -151,6 +159,10 @@ pub enum Response {
     Dropped {
         peer: String,
         seq: u64,
+    },
+    /// The console's address with a fresh one-time token in it.
+    Console {
+        url: String,
     },
     Error {
         kind: ErrorKind,
@@ -266,14 +278,55 @@ pub struct Status {
     pub listen: String,
     pub socket: String,
     pub state_dir: String,
+    /// The HTTP listener (`/metrics`, the console), if configured.
+    pub http_listen: Option<String>,
+    /// Peer handshakes refused for a wrong or missing proof, either
+    /// direction, since start.
+    pub auth_failures: u64,
+    /// Sends refused since start (`peerctl send`, the console), by reason:
+    /// `unknown_peer`, `empty`, `too_large`, `peer_max_message`, `outbox_full`,
+    /// `shutting_down`, `storage`.
+    pub refused_sends: BTreeMap<String, u64>,
     pub journal: JournalStatus,
     pub peers: Vec<PeerStatus>,
     /// The last reload since start, if any.
     pub last_reload: Option<ReloadReport>,
 }
 
+/// A histogram with fixed buckets: `counts[i]` observations at most
+/// `bounds[i]` (and above the bound before it); the last count is above
+/// every bound. Integers, in the unit the field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub sum: u64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these upper bounds (ascending).
+    pub fn new(bounds: &[u64]) -> Self {
+        Histogram {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len() + 1],
+            sum: 0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: u64) {
+        let i = self.bounds.partition_point(|b| *b < v);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum = self.sum.saturating_add(v);
+        self.count += 1;
+    }
+}
+
 /// Journal counters shown in status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalStatus {
     pub durable: bool,
     pub epoch: u64,
@@ -287,6 +340,19 @@ pub struct JournalStatus {
     /// read-only), until one succeeds again; and when.
     pub storage_error: Option<String>,
     pub storage_error_ms: Option<u64>,
+    /// Writes (batches) that failed since start.
+    pub storage_errors: u64,
+    /// Records not yet acknowledged by every peer, and their bytes on disk.
+    pub outbox_msgs: u64,
+    pub outbox_bytes: u64,
+    /// Received messages kept (retention not yet trimmed), and their bytes
+    /// on disk.
+    pub inbox_msgs: u64,
+    pub inbox_bytes: u64,
+    /// How long each batch's write and fsync took, in microseconds.
+    pub commit_us: Histogram,
+    /// How many records each batch stored (group commit).
+    pub batch_records: Histogram,
 }
 
 /// Where a link stands.
@@ -328,6 +394,14 @@ pub struct PeerStatus {
     pub queued_bytes: u64,
     pub oldest_queued_ms: Option<u64>,
     pub reconnects: u64,
+    /// `reconnects` by why the session before ended: `timeout`,
+    /// `peer_closed`, `connection`, `storage`, `protocol`.
+    pub reconnect_reasons: BTreeMap<String, u64>,
+    /// Our messages the peer has acknowledged (stored) since the daemon
+    /// started, and their bytes as stored in the outbox (body and framing,
+    /// the unit of `queued_bytes`).
+    pub msgs_acked: u64,
+    pub bytes_acked: u64,
     /// Messages known lost between us and this peer, either way (kept in
     /// the journal), and how many of them since this daemon started.
     pub msgs_lost: u64,
@@ -368,6 +442,9 @@ impl PeerStatus {
             queued_bytes: 0,
             oldest_queued_ms: None,
             reconnects: 0,
+            reconnect_reasons: BTreeMap::new(),
+            msgs_acked: 0,
+            bytes_acked: 0,
             msgs_lost: 0,
             msgs_lost_since_start: 0,
             peer_max_message: None,
@@ -430,6 +507,16 @@ mod tests {
         assert!(codec::encode(&one).unwrap().len() <= MAX_FRAME);
         let many = Response::Entries(vec![entry(TAIL_BATCH_BYTES / 1000); 1000]);
         assert!(codec::encode(&many).unwrap().len() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn histogram_buckets_take_values_up_to_their_bound() {
+        let mut h = Histogram::new(&[1, 10]);
+        for v in [0, 1, 2, 10, 11, 1000] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts, [2, 2, 2]);
+        assert_eq!((h.count, h.sum), (6, 1024));
     }
 
     #[test]

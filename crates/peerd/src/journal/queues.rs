@@ -43,6 +43,10 @@ pub struct PeerQueue {
     pub pending_from: Option<u64>,
     /// The queue is at `outbox_limit` and that was logged.
     pub full_warned: bool,
+    /// Records (and bytes on disk) the peer acknowledged since the
+    /// journal opened: what settling took off the queue.
+    pub acked_msgs: u64,
+    pub acked_bytes: u64,
 }
 
 /// Bytes on disk of a record whose payload (after the seq) is `len` bytes.
@@ -156,6 +160,8 @@ pub fn settle(shared: &Shared, peer: &str) -> io::Result<()> {
     if let Some(q) = st.queues.get_mut(peer)
         && q.counted_to < to
     {
+        q.acked_msgs += msgs.min(q.msgs);
+        q.acked_bytes += bytes.min(q.bytes);
         q.msgs = q.msgs.saturating_sub(msgs);
         q.bytes = q.bytes.saturating_sub(bytes);
         q.counted_to = to;

@@ -259,6 +259,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         addressed,
         outbox_reserved: file.outbox_reserved,
         storage_error: None,
+        stats: super::Stats::default(),
         lost_told: HashMap::new(),
         dropped,
         peers,
@@ -320,6 +321,20 @@ fn opts_instance(dir: &Path) -> String {
 }
 
 /// A new journal: a fresh epoch, written down before any record exists.
+/// Records (messages and loss notices) a batch of writes stores, for the
+/// batch-size histogram.
+fn records_in(writes: &[Write]) -> u64 {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::Outbox { bodies, .. } => bodies.len() as u64,
+            Write::Inbox { records, .. } => records.len() as u64,
+            Write::Local { .. } | Write::Lost { .. } => 1,
+            Write::Checkpoint { .. } | Write::Close { .. } => 0,
+        })
+        .sum()
+}
+
 fn create(dir: &Path, fsync: bool) -> Result<StateFile, JournalError> {
     for sub in ["outbox", "inbox"] {
         let has_segments = std::fs::read_dir(dir.join(sub))
@@ -461,6 +476,7 @@ impl Writer {
         let mut failed: Option<std::io::Error> = None;
         let mut skipped = Vec::new();
         let now = peerlink::now_ms();
+        let records = records_in(&writes);
         for w in writes {
             if failed.is_some() {
                 skipped.push(w);
@@ -711,10 +727,12 @@ impl Writer {
                 Write::Checkpoint { .. } | Write::Close { .. } => {}
             }
         }
+        let started = Instant::now();
         let committed = match failed {
             Some(e) => Err(Failed::Before(e)),
             None => self.commit_logs(),
         };
+        let took = started.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
         let inbox_updates = match committed {
             Ok(u) => u,
             Err(Failed::InboxOnly(e)) => {
@@ -774,6 +792,8 @@ impl Writer {
         let (o, i) = {
             let mut st = lock(&self.shared);
             st.inbox.apply(inbox_updates);
+            st.stats.commit_us.observe(took);
+            st.stats.batch_records.observe(records);
             st.addressed |= addressed;
             for (name, q) in qs {
                 if st.members.contains(&name) {
@@ -823,7 +843,9 @@ impl Writer {
 
     /// Show a failed write in `status` until one works again.
     fn record_failure(&self, e: &std::io::Error, now: u64) {
-        lock(&self.shared).storage_error = Some((e.to_string(), now));
+        let mut st = lock(&self.shared);
+        st.storage_error = Some((e.to_string(), now));
+        st.stats.storage_errors += 1;
     }
 
     /// After a rollback: if it failed, the logs are in an unknown state and
@@ -965,6 +987,7 @@ impl Writer {
                 tracing::warn!("journal: cannot write {}/state.toml: {e}", dir.display());
             }
             st.storage_error = Some((format!("writing state.toml: {e}"), peerlink::now_ms()));
+            st.stats.storage_errors += 1;
             return Err(JournalError::storage("writing the state file", e));
         }
         if deletable {

@@ -26,7 +26,10 @@ use std::time::Duration;
 use peerlink::control::{LinkState, PeerStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::reload::Settings;
+use std::sync::Arc;
+
+use crate::status::Observed;
+#[cfg(test)]
 use crate::status::PeerBoard;
 
 /// How often the link state is looked at for a new `STATUS=` line.
@@ -49,13 +52,12 @@ pub fn wanted() -> bool {
 /// Send READY=1 with a first STATUS= line, then keep STATUS= current and
 /// feed the watchdog until `shutdown`. Does nothing when no service
 /// manager listens. Call from inside the runtime.
-pub fn start(settings: Settings, shutdown: CancellationToken) {
+pub fn start(observed: Arc<Observed>, shutdown: CancellationToken) {
     if !wanted() {
         return;
     }
-    let boards = move || settings.borrow().boards.clone();
     let mut notifier = Notifier { failed: false };
-    let mut last = status_of(&boards());
+    let mut last = status_of(&observed);
     notifier.send(&[Note::Ready, Note::Status(&last)]);
     let watchdog = watchdog_interval();
     if let Some(every) = watchdog {
@@ -72,7 +74,7 @@ pub fn start(settings: Settings, shutdown: CancellationToken) {
                 // STOPPING=1 was sent by the signal handler ([`stopping`]).
                 _ = shutdown.cancelled() => return,
                 _ = status_tick.tick() => {
-                    let now = status_of(&boards());
+                    let now = status_of(&observed);
                     if now != last {
                         notifier.send(&[Note::Status(&now)]);
                         last = now;
@@ -159,9 +161,9 @@ impl Notifier {
     }
 }
 
-fn status_of(boards: &[PeerBoard]) -> String {
-    let peers: Vec<PeerStatus> = boards.iter().map(PeerBoard::snapshot).collect();
-    status_line(&peers, peerlink::now_ms())
+fn status_of(observed: &Observed) -> String {
+    let s = observed.snapshot();
+    status_line(&s.peers, s.now_ms)
 }
 
 /// The `STATUS=` line: one clause per peer, `; ` between them.
