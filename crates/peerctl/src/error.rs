@@ -21,6 +21,17 @@ pub enum CtlError {
     )]
     NotRunning { instance: String, path: PathBuf },
     #[error(
+        "no peerd instance is running (no control socket under {}); start one with `peerd a` \
+         (or `systemctl start peerd@a`), or name one with `-i NAME` or `--socket PATH`",
+        list(looked_in)
+    )]
+    NoneRunning { looked_in: Vec<PathBuf> },
+    #[error("no peerd is answering at {} ({source})", path.display())]
+    NoDaemonAt {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
         "no access to peerd instance '{instance}': permission denied on {}, which is for \
          members of group '{group}'; join it with `sudo adduser $USER {group}`, then log in \
          again (or run peerctl with sudo)",
@@ -52,11 +63,23 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::NotRunning { .. }
+            | CtlError::NoneRunning { .. }
+            | CtlError::NoDaemonAt { .. }
             | CtlError::NoAccess { .. }
             | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
             CtlError::NotDelivered(_) => EXIT_DOWN,
             CtlError::Usage(_) => EXIT_USAGE,
             _ => EXIT_ERROR,
         }
+    }
+}
+
+/// `a, b or c` for a list of paths.
+fn list(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match shown.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => "the usual places".to_string(),
     }
 }
