@@ -88,8 +88,9 @@ pub struct SendArgs {
     /// message may hold newlines (`find -print0 | peerctl send -0`).
     #[arg(short = '0', long)]
     pub null: bool,
-    /// Messages; `-` or none: read lines from stdin.
-    pub messages: Vec<String>,
+    /// Messages; `-` or none: read lines from stdin. A message is bytes:
+    /// invalid UTF-8 is sent as it is, from arguments as from stdin.
+    pub messages: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,8 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_DOWN: u8 = 4;
 /// `status`: messages were lost since the daemon started (README "Durability").
 pub const EXIT_LOST: u8 = 5;
+/// Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -55,6 +57,9 @@ pub enum CtlError {
     NotDelivered(String),
     #[error("{0}")]
     Usage(String),
+    /// Ctrl-C: what was done before it.
+    #[error("{0}")]
+    Interrupted(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,6 +74,7 @@ impl CtlError {
             | CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
             CtlError::NotDelivered(_) => EXIT_DOWN,
             CtlError::Usage(_) => EXIT_USAGE,
+            CtlError::Interrupted(_) => EXIT_INTERRUPTED,
             _ => EXIT_ERROR,
         }
     }

@@ -23,7 +23,7 @@ const BATCH_MESSAGES: usize = 65_536;
 
 pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
     let client = Client::connect(target).await?;
-    let from_stdin = args.messages.is_empty() || args.messages == ["-"];
+    let from_stdin = args.messages.is_empty() || (args.messages.len() == 1 && args.messages[0] == "-");
     if !from_stdin && args.messages.iter().any(|m| m == "-") {
         return Err(CtlError::Usage(
             "`-` (stdin) cannot be mixed with message arguments".into(),
@@ -44,7 +44,7 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
         if from_stdin {
             read_stdin(tx, split).await
         } else {
-            for batch in batches(args.messages.into_iter().map(String::into_bytes)) {
+            for batch in batches(args.messages.into_iter().map(os_bytes)) {
                 if tx.send(batch).await.is_err() {
                     break;
                 }
@@ -53,10 +53,24 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
         }
     };
     let wait = args.wait;
+    // Ends when the stream does: an error or Ctrl-C must not wait for a
+    // read of stdin that may never end.
     let work = async {
-        let (read, sent) = tokio::join!(producer, stream(client, rx, wait, progress));
-        read?;
-        sent
+        let sent = stream(client, rx, wait, progress);
+        tokio::pin!(producer, sent);
+        let mut read = None;
+        loop {
+            tokio::select! {
+                r = &mut producer, if read.is_none() => read = Some(r),
+                s = &mut sent => {
+                    s?;
+                    return match read {
+                        Some(r) => r,
+                        None => (&mut producer).await,
+                    };
+                }
+            }
+        }
     };
     match args.timeout.filter(|_| wait) {
         Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
@@ -77,9 +91,13 @@ async fn stream(
     wait: bool,
     mut progress: Progress,
 ) -> Result<(), CtlError> {
-    let r = pipeline(client, rx, wait, &mut progress).await;
+    // Ctrl-C: stop, clear the progress line and say how far it got.
+    let r = tokio::select! {
+        r = pipeline(client, rx, wait, &mut progress) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     progress.finish();
-    r
+    r.unwrap_or_else(|| Err(CtlError::Interrupted(progress.summary(wait))))
 }
 
 async fn pipeline(
@@ -101,6 +119,7 @@ async fn pipeline(
                     let bytes = bodies.iter().map(|b| b.len() as u64).sum();
                     let n = bodies.len() as u64;
                     client.send(&Request::Send { bodies, wait }).await?;
+                    progress.sent(n);
                     outstanding.push_back((n, bytes));
                 }
                 None => input_done = true,
@@ -126,6 +145,19 @@ async fn pipeline(
                 other => return Err(CtlError::Protocol(format!("answered a send with {other:?}"))),
             },
         }
+    }
+}
+
+/// The bytes of an argument, as given (invalid UTF-8 included, as from
+/// stdin; off Unix, where arguments are UTF-16, lossily).
+fn os_bytes(arg: std::ffi::OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStringExt::into_vec(arg)
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
     }
 }
 

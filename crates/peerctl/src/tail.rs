@@ -2,7 +2,7 @@
 //! (stdout is line-buffered). Colour only when stdout is a terminal and
 //! `NO_COLOR` is not set; `--json` is never coloured.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
 
@@ -26,9 +26,13 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
         .await?;
     let stdout = std::io::stdout();
     let colour = !args.json && crate::colour(&stdout);
+    // On a terminal, an empty answer is said out loud (never in a pipe).
+    let mut shown = 0usize;
+    let mut said_empty = !stdout.is_terminal();
     loop {
         match client.recv().await? {
             Response::Entries(entries) => {
+                shown += entries.len();
                 let mut out = stdout.lock();
                 for e in &entries {
                     let line = if args.json {
@@ -48,6 +52,23 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
                      continuing at {resume_at}",
                     resume_at.saturating_sub(1)
                 );
+            }
+            Response::CaughtUp { .. } if shown == 0 && !said_empty => {
+                said_empty = true;
+                let what = match args.from {
+                    Some(seq) => format!("no messages from {seq} on"),
+                    None if args.lines > 0 => "the inbox is empty".to_string(),
+                    None => "none of the old messages shown (-n 0)".to_string(),
+                };
+                let more = if args.follow {
+                    "; waiting for new ones (Ctrl-C stops)"
+                } else {
+                    ""
+                };
+                eprintln!("peerctl: {what}{more}");
+                if !args.follow {
+                    return Ok(());
+                }
             }
             Response::CaughtUp { .. } if !args.follow => return Ok(()),
             Response::CaughtUp { .. } => {}
