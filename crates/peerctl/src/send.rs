@@ -23,7 +23,8 @@ const BATCH_MESSAGES: usize = 65_536;
 
 pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
     let client = Client::connect(target).await?;
-    let from_stdin = args.messages.is_empty() || (args.messages.len() == 1 && args.messages[0] == "-");
+    let from_stdin =
+        args.messages.is_empty() || (args.messages.len() == 1 && args.messages[0] == "-");
     if !from_stdin && args.messages.iter().any(|m| m == "-") {
         return Err(CtlError::Usage(
             "`-` (stdin) cannot be mixed with message arguments".into(),
