@@ -9,6 +9,7 @@ mod detach;
 mod durability;
 mod hostile;
 mod install;
+mod instances;
 mod link;
 mod origin;
 mod plain;

@@ -58,24 +58,7 @@ fn bins() -> &'static Bins {
         if profile != "debug" {
             cmd.args(["--profile", profile]);
         }
-        // What cargo set for this test's own crate would reach build
-        // scripts (ring reruns when CARGO_MANIFEST_DIR changes) and make
-        // this build and a plain `cargo build` rebuild each other's output.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&k.as_ref())
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
+        strip_cargo_env(&mut cmd);
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build of peerd and peerctl failed");
         let ext = std::env::consts::EXE_SUFFIX;
@@ -84,6 +67,100 @@ fn bins() -> &'static Bins {
             peerctl: profile_dir.join(format!("peerctl{ext}")),
         }
     })
+}
+
+/// Remove what cargo set for this test's own crate from `cmd`'s
+/// environment: passed on to cargo (directly or through `make`) it would
+/// reach build scripts (ring reruns when CARGO_MANIFEST_DIR changes) and
+/// make that build and a plain `cargo build` rebuild each other's output.
+pub fn strip_cargo_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+}
+
+/// Where the calling test runs, after [`private_namespaces`].
+#[derive(Debug)]
+pub enum Isolation {
+    /// In private mount and network namespaces: `/run` is an empty tmpfs
+    /// and loopback is this test's own, so default ports and sockets
+    /// (8080, `/run/peerd/a`) are free and meet nothing outside. Go on.
+    Inside,
+    /// This was the outer run: the test ran inside and passed. Stop.
+    Done,
+    /// Namespaces are not available (not root, or no `unshare`): why.
+    Unavailable(String),
+}
+
+/// Run test `name` (its full path, e.g. `instances::demo_...`) again in
+/// private namespaces, so it may use the default ports and runtime paths
+/// while other tests and the machine's own daemons carry on beside it.
+/// The outer run asserts that the inner one passed.
+pub fn private_namespaces(name: &str) -> Isolation {
+    const INSIDE: &str = "PEERLINK_TEST_IN_NAMESPACES";
+    if std::env::var_os(INSIDE).is_some() {
+        let mount = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs", "/run"])
+            .status();
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(
+            mount.is_ok_and(|s| s.success()) && lo.is_ok_and(|s| s.success()),
+            "cannot set up the private namespaces"
+        );
+        return Isolation::Inside;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return Isolation::Unavailable("not root (private namespaces need root)".into());
+    }
+    let probe = Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "true"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Isolation::Unavailable("`unshare --mount --net` does not work here".into());
+    }
+    // Build the binaries out here (the inner run finds them fresh).
+    let _ = peerd_bin();
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "in private namespaces:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the test did not run inside: {text}"
+    );
+    print!("{text}");
+    Isolation::Done
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
 }
 
 /// Path of the freshly built `peerd`.
@@ -250,7 +327,8 @@ pub fn ctl_cmd(socket: &Path) -> Command {
     c
 }
 
-fn prune_env(c: &mut Command) {
+/// Remove `PEERD_*` and service-manager variables from `c`'s environment.
+pub fn prune_env(c: &mut Command) {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
         if k.starts_with("PEERD_")
