@@ -13,6 +13,7 @@ mod instances;
 mod link;
 mod origin;
 mod plain;
+mod readme;
 mod service;
 mod status;
 mod storage;

@@ -749,3 +749,64 @@ impl PlainClient {
         self.events.recv_timeout(timeout).ok()
     }
 }
+
+/// A fenced block of README.md.
+#[derive(Debug, Clone)]
+pub struct ReadmeBlock {
+    /// From a `<!-- transcript: NAME -->` line just before the fence.
+    pub name: Option<String>,
+    /// Index (0-based) of the block's first line after the opening fence.
+    pub line: usize,
+    /// Its lines, with the fence's indentation removed.
+    pub body: Vec<String>,
+}
+
+/// The fenced blocks of a README, with their transcript names.
+pub fn readme_blocks(text: &str) -> Vec<ReadmeBlock> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut name: Option<String> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("<!-- transcript:") {
+            name = rest
+                .trim_end_matches("-->")
+                .split_whitespace()
+                .next()
+                .map(str::to_string);
+        } else if trimmed.starts_with("```") {
+            let indent = line.len() - trimmed.len();
+            let start = i + 1;
+            let mut body = Vec::new();
+            i += 1;
+            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+                let l = lines[i];
+                body.push(l.get(indent.min(l.len())..).unwrap_or("").to_string());
+                i += 1;
+            }
+            out.push(ReadmeBlock {
+                name: name.take(),
+                line: start,
+                body,
+            });
+        } else if !trimmed.is_empty() {
+            name = None;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The body of README.md's transcript `name` (checked by the calling
+/// test rather than by tests/e2e/readme.rs).
+pub fn readme_block(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    readme_blocks(&text)
+        .into_iter()
+        .find(|b| b.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("README.md has no transcript {name:?}"))
+        .body
+}

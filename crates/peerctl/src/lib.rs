@@ -20,8 +20,12 @@ use error::{CtlError, EXIT_OK};
 /// Run one command; returns the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8, CtlError> {
     if let Command::Completions { shell } = cli.command {
+        // Into memory first: clap_complete panics when a write fails, and
+        // `peerctl completions zsh | head` closes the pipe early.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "peerctl", &mut script);
         let mut out = std::io::stdout().lock();
-        clap_complete::generate(shell, &mut Cli::command(), "peerctl", &mut out);
+        out.write_all(&script)?;
         out.flush()?;
         return Ok(EXIT_OK);
     }
