@@ -290,3 +290,17 @@ fn status_and_tail_colour_a_terminal_but_never_with_no_color() {
         }
     }
 }
+
+#[test]
+fn tail_on_a_terminal_says_when_there_is_nothing_to_show() {
+    let pair = Pair::new("");
+    let (_a, _b) = pair.start_linked();
+    let sock = pair.b.socket.display().to_string();
+    let mut term = Pty::spawn(&["--socket", &sock, "tail"], &[]);
+    assert!(term.wait_exit().success());
+    term.wait_for("the note", |s| s == ["peerctl: the inbox is empty"]);
+    // In a pipe it stays silent (the other tail tests read empty output).
+    let out = pair.b.ctl(&["tail"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+}
