@@ -231,7 +231,8 @@ impl Session {
             .env_remove("NO_COLOR")
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS");
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL");
         c
     }
 
