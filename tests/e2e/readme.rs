@@ -10,7 +10,8 @@
 //! there instead ([`peerlink_e2e::readme_block`]).
 //!
 //! What cannot repeat is compared as a placeholder on both sides: times,
-//! durations, pids, epochs, millisecond stamps and loopback ports. The
+//! durations, pids, epochs, millisecond stamps, loopback ports and how
+//! much of a too-long stdin line was read before it was refused. The
 //! README shows `a` on port 60533 and `b` on 37207; the session's real
 //! ports are swapped in before a command runs and back out of what it
 //! printed.
@@ -102,6 +103,8 @@ impl Normalizer {
                 r(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<TIME>"),
                 r(r#""(\w+_ms|rtt_us|pid)":( ?)\d+"#, "\"$1\":$2<N>"),
                 r(r"\b(pid:\s+)\d+", "${1}<N>"),
+                // how much of a too-long stdin line was read when refused
+                r(r"of more than \d+ bytes", "of more than <N> bytes"),
                 r(r"\b[0-9a-f]{16}\b", "<EPOCH>"),
                 r(
                     r"\b\d+(\.\d+)? ?(ms|us|µs|s|m|h|d)\b( \d+(ms|us|µs|s|m|h|d)\b)*",
@@ -151,11 +154,18 @@ impl Session {
         std::fs::create_dir_all(&dir).expect("session dir");
         let ports = [free_port(), free_port()];
         // The configs `peerctl at work` shows; the ports are the session's.
+        // Session "limits" (README "Empty and big messages") says it adds
+        // a smaller max_message.
+        let extra = if name == "limits" {
+            "max_message = \"64KiB\"\n"
+        } else {
+            ""
+        };
         for (me, peer, mine, theirs) in [("a", "b", 0, 1), ("b", "a", 1, 0)] {
             std::fs::write(
                 dir.join(format!("{me}.toml")),
                 format!(
-                    "listen = \"127.0.0.1:{}\"\n\n[[peer]]\nname = \"{peer}\"\nurl = \"ws://127.0.0.1:{}/ws\"\n",
+                    "listen = \"127.0.0.1:{}\"\n{extra}\n[[peer]]\nname = \"{peer}\"\nurl = \"ws://127.0.0.1:{}/ws\"\n",
                     ports[mine], ports[theirs]
                 ),
             )
@@ -239,7 +249,12 @@ impl Session {
     /// Run one step; what it printed, as lines (with `[exit N]`).
     fn run(&mut self, step: &Step) -> Vec<String> {
         let cmd = step.cmd.trim();
-        if let Some(bg) = cmd.strip_suffix('&') {
+        // `CMD &`, maybe followed by a `# comment`.
+        let bare = match cmd.rsplit_once(" # ") {
+            Some((before, _)) if before.trim_end().ends_with('&') => before.trim_end(),
+            _ => cmd,
+        };
+        if let Some(bg) = bare.strip_suffix('&') {
             return self.background(bg.trim());
         }
         if let Some(n) = cmd.strip_prefix("kill %") {

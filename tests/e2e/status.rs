@@ -77,6 +77,8 @@ const PEER: &[(&str, &str)] = &[
     ("reconnects", "uint"),
     ("msgs_lost", "uint"),
     ("msgs_lost_since_start", "uint"),
+    ("peer_max_message", "uint|null"),
+    ("held", "string|null"),
     ("last_error", "string|null"),
     ("last_error_ms", "uint|null"),
 ];

@@ -249,7 +249,18 @@ impl Sandbox {
     /// Config text for node `name` listening on `port` with `peers`
     /// (name, port), plus `extra` keys.
     pub fn config(name: &str, port: u16, peers: &[(&str, u16)], extra: &str) -> String {
-        let mut s = format!("listen = \"127.0.0.1:{port}\"\n{FAST_TIMERS}\n{extra}\n");
+        Self::config_timers(name, port, peers, FAST_TIMERS, extra)
+    }
+
+    /// [`Sandbox::config`] with other `timers` than [`FAST_TIMERS`].
+    pub fn config_timers(
+        name: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        timers: &str,
+        extra: &str,
+    ) -> String {
+        let mut s = format!("listen = \"127.0.0.1:{port}\"\n{timers}\n{extra}\n");
         for (p, port) in peers {
             s.push_str(&format!(
                 "[[peer]]\nname = \"{p}\"\nurl = \"ws://127.0.0.1:{port}/ws\"\n"
@@ -563,10 +574,16 @@ pub struct Pair {
 impl Pair {
     /// Write the configs of a and b (with `extra` keys for both).
     pub fn new(extra: &str) -> Pair {
+        Self::new_timers(FAST_TIMERS, extra)
+    }
+
+    /// [`Pair::new`] with other `timers` than [`FAST_TIMERS`].
+    pub fn new_timers(timers: &str, extra: &str) -> Pair {
         let sandbox = Sandbox::new();
         let (a_port, b_port) = (free_port(), free_port());
-        let a = sandbox.spec("a", &Sandbox::config("a", a_port, &[("b", b_port)], extra));
-        let b = sandbox.spec("b", &Sandbox::config("b", b_port, &[("a", a_port)], extra));
+        let a = Sandbox::config_timers("a", a_port, &[("b", b_port)], timers, extra);
+        let b = Sandbox::config_timers("b", b_port, &[("a", a_port)], timers, extra);
+        let (a, b) = (sandbox.spec("a", &a), sandbox.spec("b", &b));
         Pair {
             sandbox,
             a,
@@ -682,7 +699,12 @@ impl PlainClient {
                     .headers_mut()
                     .insert(*k, HeaderValue::from_str(v).expect("header value"));
             }
-            let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+            // Messages up to the largest max_message arrive whole, as one
+            // frame: take them (tungstenite's defaults stop at 16 MiB frames).
+            let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(80 << 20))
+                .max_frame_size(Some(80 << 20));
+            let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(limits))
                 .await
                 .expect("plain WebSocket upgrade");
             (ws, local)

@@ -26,7 +26,7 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 /// A free loopback port below the kernel's ephemeral range, so no
 /// outgoing connection can take it between this check and the daemon's
 /// bind (see tests/support/lib.rs `free_port`).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = std::process::id() % 6_000;
@@ -42,6 +42,8 @@ fn free_port() -> Result<u16> {
 /// One daemon of a pair.
 pub struct Node {
     pub name: String,
+    /// The loopback port it listens on (peers and plain clients).
+    pub port: u16,
     pub socket: PathBuf,
     config: PathBuf,
     state: PathBuf,
@@ -74,6 +76,7 @@ impl Pair {
             )?;
             Ok(Node {
                 name: name.into(),
+                port,
                 socket: dir.path().join(format!("{name}.sock")),
                 config,
                 state: dir.path().join(format!("{name}-state")),

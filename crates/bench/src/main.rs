@@ -9,13 +9,17 @@
 //! - the drain rate of a backlog queued while b was down;
 //! - the same machine's ceiling: a bare tokio-tungstenite stream of the
 //!   same messages (batched flushes), with every throughput also given as
-//!   a ratio to it.
+//!   a ratio to it;
+//! - what users see (`seen`): send → `tail -f` stdout, a plain WebSocket
+//!   client, `tail --from 1`, the tail client alone, and websocat →
+//!   websocat as a reference, with ratios to websocat and the ceiling.
 //!
 //! Results go to `target/bench/results.json` and a table on stdout. This is
 //! a tool, not a test: it asserts nothing about speed.
 
 mod ceiling;
 mod daemons;
+mod seen;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -32,11 +36,13 @@ struct Plan {
     sizes: Vec<(usize, u64)>,
     rates: Vec<(u64, Duration)>,
     backlog: u64,
+    /// Messages in each of the `seen` runs.
+    seen: u64,
 }
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only latency` (or throughput, backlog): one part, for profiling.
+    // `--only latency` (or throughput, backlog, seen): one part, for profiling.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let out_path = std::env::args()
@@ -51,6 +57,7 @@ fn main() -> Result<()> {
                 (10_000, Duration::from_secs(1)),
             ],
             backlog: 100_000,
+            seen: 200_000,
         }
     } else {
         Plan {
@@ -60,6 +67,7 @@ fn main() -> Result<()> {
                 (10_000, Duration::from_secs(5)),
             ],
             backlog: 1_000_000,
+            seen: 1_000_000,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +144,7 @@ fn main() -> Result<()> {
         let f = ceiling::fsync_latencies(disk_dir.path(), if quick { 500 } else { 3000 })?;
         let (p50, p99, p999) = (pct(&f, 0.5), pct(&f, 0.99), pct(&f, 0.999));
         rows.push(format!(
-            "{:<28}p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  (one fdatasync; two in series per message)",
+            "{:<28}p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  (one fdatasync; a message waits for two, in parallel)",
             "disk fdatasync", p50, p99, p999
         ));
         results.insert(
@@ -173,6 +181,19 @@ fn main() -> Result<()> {
         results.insert("backlog".into(), backlog);
     }
 
+    if wants("seen") {
+        let ceiling64 = results["throughput"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["size"] == 64)
+            .and_then(|t| t["ceiling_msgs_per_s"].as_f64());
+        let (mut seen_rows, seen) =
+            seen_part(&rt, plan.seen, ceiling64, disk_dir.path()).context("seen")?;
+        rows.append(&mut seen_rows);
+        results.insert("seen".into(), seen);
+    }
+
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "date_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -202,26 +223,233 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The largest idle and peak RSS read, each `None` where no part that
+/// reads it ran (or /proc could not be read): never a made-up zero.
 fn print_rss(doc: &Value) {
-    let mut idle = 0u64;
-    let mut peak = 0u64;
+    let mut idle: Option<u64> = None;
+    let mut peak: Option<u64> = None;
     for t in doc["results"]["throughput"]
         .as_array()
         .into_iter()
         .flatten()
     {
         for r in t["rss"].as_array().into_iter().flatten() {
-            idle = idle.max(r["idle_max"].as_u64().unwrap_or(0));
-            peak = peak.max(r["peak_max"].as_u64().unwrap_or(0));
+            idle = idle.max(r["idle_max"].as_u64());
+            peak = peak.max(r["peak_max"].as_u64());
         }
     }
-    peak = peak.max(doc["results"]["backlog"]["peak_max"].as_u64().unwrap_or(0));
+    peak = peak.max(doc["results"]["backlog"]["peak_max"].as_u64());
+    let mib = |v: Option<u64>| match v {
+        Some(b) => format!("{:.1} MiB", b as f64 / 1048576.0),
+        None => "not measured".to_string(),
+    };
+    let note = match (idle, peak) {
+        (None, None) => " (only the throughput and backlog parts read it)",
+        _ => " (largest of either daemon)",
+    };
     println!(
-        "{:<28}idle {:.1} MiB, peak {:.1} MiB (largest of either daemon)",
+        "{:<28}idle {}, peak {}{note}",
         "RSS per daemon",
-        idle as f64 / 1048576.0,
-        peak as f64 / 1048576.0
+        mib(idle),
+        mib(peak)
     );
+}
+
+/// What users see, 64-byte messages (see `seen`): rows and the JSON.
+fn seen_part(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    ceiling64: Option<f64>,
+    scratch: &std::path::Path,
+) -> Result<(Vec<String>, Value)> {
+    let extra = extra_config();
+    let ceiling = match ceiling64 {
+        Some(c) => c,
+        None => {
+            let mut ceil = Vec::new();
+            for _ in 0..RUNS {
+                let d = rt.block_on(ceiling::run(64, n, ceiling::BATCH))?;
+                ceil.push(n as f64 / d.as_secs_f64());
+            }
+            median(&mut ceil)
+        }
+    };
+    let mut rows = Vec::new();
+    let mut out = serde_json::Map::new();
+    out.insert("messages".into(), json!(n));
+    out.insert("size".into(), json!(64));
+    out.insert("ceiling_msgs_per_s".into(), json!(ceiling));
+
+    // The reference first: every other row is a ratio to it.
+    // websocat moves one line per message at tens of thousands a second
+    // here: fewer messages keep the run short, the rate is steady.
+    let ws_n = n.min(100_000);
+    let measured = seen::websocat().and_then(|bin| {
+        let mut runs = Vec::new();
+        for run in 0..RUNS {
+            let r = seen::websocat_pair(&bin, scratch, ws_n)
+                .map_err(|e| format!("{} failed in run {}: {e:#}", bin.display(), run + 1))?;
+            eprintln!("  websocat → websocat run {}: {r:.0} msgs/s", run + 1);
+            runs.push(r);
+        }
+        Ok((bin, runs))
+    });
+    let websocat = match measured {
+        Ok((bin, mut runs)) => {
+            let all = runs.clone();
+            let rate = median(&mut runs);
+            rows.push(format!(
+                "{:<28}{:>14.0} msgs/s  {:.3} of ceiling  (reference: no journal, no durability)",
+                "websocat → websocat",
+                rate,
+                rate / ceiling
+            ));
+            out.insert(
+                "websocat".into(),
+                json!({"msgs_per_s": rate, "runs": all, "ratio_to_ceiling": rate / ceiling, "messages": ws_n,
+                    "binary": bin.display().to_string()}),
+            );
+            Some(rate)
+        }
+        Err(why) => {
+            rows.push(format!("{:<28}skipped: {why}", "websocat → websocat"));
+            out.insert("websocat".into(), json!({"skipped": why}));
+            None
+        }
+    };
+    let vs_websocat = |rate: f64| match websocat {
+        Some(w) => format!("{:>6.2}× websocat", rate / w),
+        None => "  (no websocat)".to_string(),
+    };
+    let ratios = |rate: f64| json!({"ratio_to_websocat": websocat.map(|w| rate / w), "ratio_to_ceiling": rate / ceiling});
+
+    for (name, json_flag) in [("send_to_tail_text", false), ("send_to_tail_json", true)] {
+        let mut runs = Vec::new();
+        let mut of_inbox = Vec::new();
+        let mut detail = Vec::new();
+        for run in 0..RUNS {
+            let v = seen::send_to_tail(n, json_flag, &extra)
+                .with_context(|| format!("{name} run {run}"))?;
+            let r = v["msgs_per_s"].as_f64().unwrap_or(0.0);
+            eprintln!(
+                "  send → tail -f{} run {}: {r:.0} msgs/s ({:.2} of the inbox's rate)",
+                if json_flag { " --json" } else { "" },
+                run + 1,
+                v["ratio_to_inbox"].as_f64().unwrap_or(0.0)
+            );
+            runs.push(r);
+            of_inbox.push(v["ratio_to_inbox"].as_f64().unwrap_or(0.0));
+            detail.push(v);
+        }
+        let rate = median(&mut runs.clone());
+        let inbox = median(&mut of_inbox);
+        rows.push(format!(
+            "{:<28}{:>14.0} msgs/s {}  {:.3} of ceiling  {:.2} of inbox rate",
+            if json_flag {
+                "send → tail -f --json"
+            } else {
+                "send → tail -f"
+            },
+            rate,
+            vs_websocat(rate),
+            rate / ceiling,
+            inbox
+        ));
+        let mut v = ratios(rate);
+        v["msgs_per_s"] = json!(rate);
+        v["runs_msgs_per_s"] = json!(runs);
+        v["ratio_to_inbox"] = json!(inbox);
+        v["runs"] = json!(detail);
+        out.insert(name.into(), v);
+    }
+
+    let mut runs = Vec::new();
+    for run in 0..RUNS {
+        let r = seen::plain_client(rt, n, &extra).with_context(|| format!("plain run {run}"))?;
+        eprintln!("  plain client run {}: {r:.0} msgs/s", run + 1);
+        runs.push(r);
+    }
+    let rate = median(&mut runs.clone());
+    rows.push(format!(
+        "{:<28}{:>14.0} msgs/s {}  {:.3} of ceiling",
+        "plain WebSocket client",
+        rate,
+        vs_websocat(rate),
+        rate / ceiling
+    ));
+    let mut v = ratios(rate);
+    v["msgs_per_s"] = json!(rate);
+    v["runs_msgs_per_s"] = json!(runs);
+    out.insert("plain_client".into(), v);
+
+    let mut from = Vec::new();
+    for run in 0..RUNS {
+        let v = seen::tail_from(n, &extra).with_context(|| format!("tail --from run {run}"))?;
+        eprintln!(
+            "  tail --from 1 run {}: {:.0} lines/s, --json {:.0} lines/s",
+            run + 1,
+            v["text"]["lines_per_s"].as_f64().unwrap_or(0.0),
+            v["json"]["lines_per_s"].as_f64().unwrap_or(0.0)
+        );
+        from.push(v);
+    }
+    let mut tail_from = serde_json::Map::new();
+    for fmt in ["text", "json"] {
+        let pick = |k: &str| {
+            let mut v: Vec<f64> = from.iter().filter_map(|r| r[fmt][k].as_f64()).collect();
+            (!v.is_empty()).then(|| median(&mut v))
+        };
+        let rate = pick("lines_per_s").unwrap_or(0.0);
+        let cpu = |v: Option<f64>| v.map_or("not measured".into(), |s| format!("{s:.2} s"));
+        rows.push(format!(
+            "{:<28}{:>14.0} lines/s (peerctl CPU {}, peerd {})",
+            format!(
+                "tail --from 1 {}",
+                if fmt == "json" { "--json" } else { "" }
+            ),
+            rate,
+            cpu(pick("peerctl_cpu_s")),
+            cpu(pick("peerd_cpu_s")),
+        ));
+        tail_from.insert(
+            fmt.into(),
+            json!({"lines_per_s": rate, "peerctl_cpu_s": pick("peerctl_cpu_s"),
+                "peerd_cpu_s": pick("peerd_cpu_s")}),
+        );
+    }
+    tail_from.insert("runs".into(), json!(from));
+    out.insert("tail_from_1".into(), Value::Object(tail_from));
+
+    for (name, json_flag) in [
+        ("tail_client_only_text", false),
+        ("tail_client_only_json", true),
+    ] {
+        let mut runs = Vec::new();
+        let mut cpus = Vec::new();
+        for _ in 0..RUNS {
+            let (r, cpu) = seen::tail_client_only(rt, scratch, n, 1000, json_flag)
+                .with_context(|| name.to_string())?;
+            runs.push(r);
+            cpus.extend(cpu);
+        }
+        let rate = median(&mut runs.clone());
+        let cpu = (!cpus.is_empty()).then(|| median(&mut cpus));
+        rows.push(format!(
+            "{:<28}{:>14.0} lines/s (stand-in daemon; peerctl CPU {})",
+            if json_flag {
+                "tail client only --json"
+            } else {
+                "tail client only"
+            },
+            rate,
+            cpu.map_or("not measured".into(), |s| format!("{s:.2} s"))
+        ));
+        out.insert(
+            name.into(),
+            json!({"lines_per_s": rate, "runs": runs, "peerctl_cpu_s": cpu, "batch": 1000}),
+        );
+    }
+    Ok((rows, Value::Object(out)))
 }
 
 /// The `p` quantile of sorted values.

@@ -19,7 +19,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use peerlink::control::{Entry, Request, Response, TailStart};
+use peerlink::control::{Entry, EntryRef, Request, Response, TailStart};
 use tokio::sync::mpsc;
 
 use crate::client::{Client, Target};
@@ -36,6 +36,7 @@ pub async fn run(target: &Target) -> Result<(), CtlError> {
     tail.send(&Request::Tail {
         start: TailStart::Last(0),
         follow: true,
+        origin: None,
     })
     .await?;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
@@ -52,9 +53,19 @@ pub async fn run(target: &Target) -> Result<(), CtlError> {
 /// Stdin lines in, arrivals to stdout.
 async fn piped(sender: Client, tail: Client) -> Result<(), CtlError> {
     let (tx, rx) = mpsc::channel(4);
-    let reader = tokio::spawn(send::read_stdin(tx, Split::Lines));
-    let colour = crate::colour(&std::io::stdout());
-    session(rx, sender, tail, &mut Out::Stdout { colour }).await?;
+    let (max_message, instance) = (sender.max_message, sender.daemon_instance.clone());
+    let reader = tokio::spawn(async move {
+        send::read_stdin(tx, Split::Lines, max_message)
+            .await
+            .map_err(|e| e.explained(&instance))
+    });
+    let format = if crate::colour(&std::io::stdout()) {
+        tail::Format::Styled
+    } else {
+        tail::Format::Text
+    };
+    let mut out = Out::Stdout(Box::new(tail::Printer::new(format)));
+    session(rx, sender, tail, &mut out).await?;
     if reader.is_finished() {
         // Input ended: by EOF, or by an error that must not pass as EOF.
         if let Ok(Err(e)) = reader.await {
@@ -68,31 +79,35 @@ async fn piped(sender: Client, tail: Client) -> Result<(), CtlError> {
 enum Out {
     /// Through the line editor's printer thread.
     Editor(mpsc::Sender<String>),
-    /// Straight to stdout, like `tail`.
-    Stdout { colour: bool },
+    /// Straight to stdout, like `tail` (one write per batch).
+    Stdout(Box<tail::Printer>),
 }
 
 impl Out {
-    async fn show(&mut self, e: &Entry) -> Result<(), CtlError> {
+    async fn show(&mut self, entries: &[Entry]) -> Result<(), CtlError> {
         match self {
             Out::Editor(tx) => {
-                let o = tail::origin_style(&e.origin);
-                let mut line = format!("{o}[{}]{o:#} {}\n", e.origin, tail::shown_body(&e.body));
-                if !crate::colour(&std::io::stdout()) {
-                    line = anstream::adapter::strip_str(&line).to_string();
+                for e in entries {
+                    let o = tail::origin_style(&e.origin);
+                    let mut line =
+                        format!("{o}[{}]{o:#} {}\n", e.origin, tail::shown_body(&e.body));
+                    if !crate::colour(&std::io::stdout()) {
+                        line = anstream::adapter::strip_str(&line).to_string();
+                    }
+                    // The printer thread is gone only if the terminal is.
+                    let _ = tx.send(line).await;
                 }
-                // The printer thread is gone only if the terminal is.
-                let _ = tx.send(line).await;
                 Ok(())
             }
-            Out::Stdout { colour } => {
-                let line = if *colour {
-                    tail::styled_line(e)
-                } else {
-                    tail::text_line(e)
-                };
+            Out::Stdout(printer) => {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
+                for e in entries {
+                    printer.push(&EntryRef::from(e));
+                    if printer.len() >= tail::WRITE_CHUNK {
+                        printer.write_to(&mut out)?;
+                    }
+                }
+                printer.write_to(&mut out)?;
                 out.flush()?;
                 Ok(())
             }
@@ -130,7 +145,7 @@ async fn session(
                 Some(mut bodies) => {
                     bodies.retain(|b| !b.is_empty());
                     if !bodies.is_empty() {
-                        sender.send(&Request::Send { bodies, wait: false }).await?;
+                        sender.send(&Request::Send { bodies, wait: false, to: Vec::new() }).await?;
                         outstanding += 1;
                     }
                 }
@@ -142,11 +157,7 @@ async fn session(
                 other => return Err(CtlError::Protocol(format!("answered a send with {other:?}"))),
             },
             arrived = tail.recv() => match arrived? {
-                Response::Entries(entries) => {
-                    for e in &entries {
-                        out.show(e).await?;
-                    }
-                }
+                Response::Entries(entries) => out.show(&entries).await?,
                 Response::Gap { from, resume_at } => {
                     out.note(format!(
                         "messages {from}..{} were trimmed before they could be shown",

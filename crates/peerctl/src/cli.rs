@@ -71,6 +71,12 @@ pub enum Command {
     /// stdin is one (each NUL-terminated record with --null), streamed in
     /// batches. Returns once the messages are stored in the outbox, or with
     /// --wait once the peer has stored them.
+    ///
+    /// A message is 1 byte up to the daemon's max_message. Empty messages
+    /// are never stored: an empty argument is a usage error (nothing is
+    /// sent), a blank stdin line is skipped. A message over max_message is
+    /// refused naming the limit (an argument: nothing is sent; a stdin line:
+    /// the lines before it were sent, nothing after it).
     Send(SendArgs),
     /// Show received messages.
     ///
@@ -94,6 +100,14 @@ pub enum Command {
     /// arrivals go to stdout like `tail`, and it exits at the end of input
     /// once the sends are stored.
     Attach,
+    /// Give up on one queued message that a peer cannot take.
+    ///
+    /// When a queued message is larger than the peer's max_message, the
+    /// queue to that peer holds on it (`status` says which one). Raise the
+    /// peer's max_message, or drop that message: it is never sent, the
+    /// peer is told it is lost, both sides log and count it, and the queue
+    /// moves on.
+    Drop(DropArgs),
     /// Print a shell completion script.
     ///
     /// For example `peerctl completions bash >
@@ -117,8 +131,13 @@ pub struct SendArgs {
     /// message may hold newlines (`find -print0 | peerctl send -0`).
     #[arg(short = '0', long)]
     pub null: bool,
-    /// Messages; `-` or none: read lines from stdin. A message is bytes:
-    /// invalid UTF-8 is sent as it is, from arguments as from stdin.
+    /// Send only to this peer (repeat, or give a comma-separated list);
+    /// without it, every configured peer gets the messages.
+    #[arg(long, value_name = "PEER", value_delimiter = ',')]
+    pub to: Vec<String>,
+    /// Messages (not empty); `-` or none: read lines from stdin, blank ones
+    /// skipped. A message is bytes: invalid UTF-8 is sent as it is, from
+    /// arguments as from stdin.
     pub messages: Vec<std::ffi::OsString>,
 }
 
@@ -136,6 +155,20 @@ pub struct TailArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Only messages from this origin (a peer's name, or `client:<addr>`);
+    /// -n counts those.
+    #[arg(long, value_name = "ORIGIN")]
+    pub from_peer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// The peer whose queue holds the message.
+    #[arg(long, value_name = "NAME")]
+    pub peer: String,
+    /// The message's outbox sequence number (as `status` shows it).
+    #[arg(value_name = "SEQ")]
+    pub seq: u64,
 }
 
 #[derive(Debug, Args)]

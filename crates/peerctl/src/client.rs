@@ -160,6 +160,9 @@ pub struct Client {
     pub daemon_version: String,
     /// The instance the daemon says it is (its Hello).
     pub daemon_instance: String,
+    /// The daemon's `max_message` (its Hello): larger messages are refused
+    /// here, before they are sent.
+    pub max_message: u64,
 }
 
 impl Client {
@@ -190,6 +193,7 @@ impl Client {
             writer: frame::writer(tx, MAX_FRAME),
             daemon_version: String::new(),
             daemon_instance: String::new(),
+            max_message: 0,
         };
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
@@ -201,9 +205,11 @@ impl Client {
                 version,
                 daemon_version,
                 instance,
+                max_message,
             } if version == PROTOCOL_VERSION => {
                 c.daemon_version = daemon_version;
                 c.daemon_instance = instance;
+                c.max_message = max_message;
                 Ok(c)
             }
             Response::Hello {
@@ -226,6 +232,35 @@ impl Client {
         frame::send(&mut self.writer, req).await.map_err(map_frame)
     }
 
+    /// Why `body` cannot be sent through this daemon, if it cannot: empty,
+    /// or larger than its `max_message`. `what` names the message.
+    pub fn refusal(&self, what: &str, len: usize) -> Option<String> {
+        if len == 0 {
+            return Some(format!("{what} is empty; empty messages are never stored"));
+        }
+        (len as u64 > self.max_message).then(|| {
+            format!(
+                "{what} of {len} bytes is larger than max_message ({}) of instance {}",
+                size_setting(self.max_message),
+                self.daemon_instance
+            )
+        })
+    }
+
+    /// The next reply's frame, undecoded (to read it in place); a closed
+    /// connection is an error here.
+    pub async fn recv_frame(&mut self) -> Result<bytes::BytesMut, CtlError> {
+        match frame::recv_frame(&mut self.reader)
+            .await
+            .map_err(map_frame)?
+        {
+            Some(b) => Ok(b),
+            None => Err(CtlError::Protocol(
+                "closed the connection (shutting down?)".into(),
+            )),
+        }
+    }
+
     /// The next reply; a closed connection is an error here.
     pub async fn recv(&mut self) -> Result<Response, CtlError> {
         match frame::recv(&mut self.reader).await.map_err(map_frame)? {
@@ -235,6 +270,16 @@ impl Client {
             )),
         }
     }
+}
+
+/// A size as the config file writes it: `1MiB`, `64KiB`, `1000B`.
+pub fn size_setting(b: u64) -> String {
+    for (m, u) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if b >= m && b.is_multiple_of(m) {
+            return format!("{}{u}", b / m);
+        }
+    }
+    format!("{b}B")
 }
 
 fn map_frame(e: FrameError) -> CtlError {

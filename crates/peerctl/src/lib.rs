@@ -42,7 +42,28 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Tail(args) => tail::run(&target, args).await.map(|()| EXIT_OK),
         Command::Status(args) => status::run(&target, &args).await,
         Command::Attach => attach::run(&target).await.map(|()| EXIT_OK),
+        Command::Drop(args) => drop_record(&target, args).await.map(|()| EXIT_OK),
         Command::Completions { .. } => Ok(EXIT_OK),
+    }
+}
+
+/// `peerctl drop`.
+async fn drop_record(target: &Target, args: cli::DropArgs) -> Result<(), CtlError> {
+    use peerlink::control::{Request, Response};
+    let mut client = client::Client::connect(target).await?;
+    client
+        .send(&Request::Drop {
+            peer: args.peer,
+            seq: args.seq,
+        })
+        .await?;
+    match client.recv().await? {
+        Response::Dropped { peer, seq } => {
+            println!("dropped message {seq} for {peer}; {peer} is told it is lost");
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(CtlError::Daemon { kind, message }),
+        other => Err(CtlError::Protocol(format!("answered drop with {other:?}"))),
     }
 }
 

@@ -183,6 +183,10 @@ pub struct PeerJson {
     /// the journal), and since this daemon started (exit status 5).
     pub msgs_lost: u64,
     pub msgs_lost_since_start: u64,
+    /// The peer's max_message (from its last handshake), or null.
+    pub peer_max_message: Option<u64>,
+    /// Why the queue to this peer is held, and how to unblock it, or null.
+    pub held: Option<String>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -246,6 +250,8 @@ impl From<&PeerStatus> for PeerJson {
             reconnects: p.reconnects,
             msgs_lost: p.msgs_lost,
             msgs_lost_since_start: p.msgs_lost_since_start,
+            peer_max_message: p.peer_max_message,
+            held: p.held.clone(),
             last_error: p.last_error.clone(),
             last_error_ms: p.last_error_ms,
         }
@@ -427,6 +433,9 @@ fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
             human_size(p.queued_bytes)
         ),
     );
+    if let Some(h) = &p.held {
+        b.add("held", format!("{WARN}{h}{WARN:#}"));
+    }
     b.add("reconnects", p.reconnects.to_string());
     if p.msgs_lost > 0 {
         b.add(

@@ -260,12 +260,8 @@ impl Config {
             if peers[..i].iter().any(|q| q.name == p.name) {
                 return Err(err(format!("peer {:?} is listed twice", p.name)));
             }
-            if !(p.url.starts_with("ws://") || p.url.starts_with("wss://")) {
-                return Err(err(format!(
-                    "peer {:?} url {:?} must start with ws:// or wss://",
-                    p.name, p.url
-                )));
-            }
+            check_url(&p.url)
+                .map_err(|e| err(format!("[[peer]] {:?}: url {:?}: {e}", p.name, p.url)))?;
         }
         let base = Path::new(source).parent().unwrap_or(Path::new(""));
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
@@ -418,7 +414,7 @@ impl Config {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return Err("backoff_min must be above zero and at most backoff_max".into());
         }
-        if self.max_message == 0 || self.max_message > 64 << 20 {
+        if self.max_message == 0 || self.max_message > peerlink::control::MAX_MESSAGE_LIMIT {
             return Err("max_message must be between 1B and 64MiB".into());
         }
         if self.max_pending_handshakes == 0 {
@@ -516,6 +512,118 @@ impl Config {
         }
         s
     }
+}
+
+/// Check a peer URL the way the dialler will use it, so that `check-config`
+/// catches what would otherwise fail (or, worse, dial somewhere else) at run
+/// time: scheme `ws` or `wss`, a host (DNS name, IPv4 address or `[IPv6]`),
+/// an optional port in 1-65535, and only characters a URL may hold. The
+/// reason names the part that is wrong.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    if let Some((i, c)) = url.char_indices().find(|(_, c)| {
+        !c.is_ascii_graphic() || matches!(c, '\\' | '"' | '<' | '>' | '`' | '{' | '}' | '|' | '^')
+    }) {
+        let what = match c {
+            ' ' => "a space".to_string(),
+            c if c.is_control() => format!("control character {:?}", c),
+            c => format!("character {c:?}"),
+        };
+        return Err(format!(
+            "{what} at position {} is not allowed in a URL (percent-encode it in the path)",
+            i + 1
+        ));
+    }
+    let rest = if let Some(r) = url.strip_prefix("ws://") {
+        r
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        r
+    } else {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        return Err(if scheme.is_empty() {
+            "must start with ws:// or wss://".into()
+        } else {
+            format!("scheme {scheme:?} is not supported: use ws:// or wss://")
+        });
+    };
+    if url.contains('#') {
+        return Err("a fragment (#...) is never sent to the server: remove it".into());
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(
+            "user info (user@host) is not supported: peers authenticate with the secret".into(),
+        );
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or("an IPv6 host needs its closing ']'")?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("host [{addr}] is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| {
+                format!("unexpected {p:?} after the IPv6 host (use [addr]:port)")
+            })?),
+        };
+        (authority, port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host (use ws://host:port/path)".into());
+    }
+    if !host.starts_with('[') {
+        check_host(host)?;
+    }
+    if let Some(p) = port {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("port {p:?} is not a number"));
+        }
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => {}
+            _ => return Err(format!("port {p} is out of range (1-65535)")),
+        }
+    }
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err("the path must start with '/'".into());
+    }
+    // Last, the parser the dialler itself uses: whatever passes here is a
+    // request it can make.
+    url.into_client_request()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A DNS name or an IPv4 address.
+fn check_host(host: &str) -> std::result::Result<(), String> {
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("host {host:?} is not an IPv4 address"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "host {host:?} is not a valid host name (letters, digits, '-' and '_' in dot-separated labels), \
+             IPv4 address or [IPv6] address"
+        ));
+    }
+    Ok(())
 }
 
 /// A TOML string literal.
@@ -693,6 +801,59 @@ mod tests {
         ] {
             let e = Config::parse("a", text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn peer_urls_are_checked_at_load() {
+        let load = |url: &str| {
+            let text = format!("[[peer]]\nname = \"b\"\nurl = {}\n", quote(url));
+            Config::parse("a", &text, "/etc/peerd/a.toml").map(|_| ())
+        };
+        for ok in [
+            "ws://127.0.0.1:8081/ws",
+            "ws://127.0.0.1/ws",
+            "ws://localhost:8081/ws",
+            "ws://peer-b.example.org.:65535/ws?x=1",
+            "ws://[::1]:8081/ws",
+            "ws://[fe80::1]/ws",
+            "ws://127.0.0.1:8081",
+            "ws://my_host:1/p%20q",
+        ] {
+            assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok));
+        }
+        for (bad, needle) in [
+            ("ws://127.0.0.1:99999/ws", "port 99999 is out of range"),
+            ("ws://127.0.0.1:0/ws", "port 0 is out of range"),
+            ("ws://127.0.0.1:80 80/ws", "a space at position 18"),
+            ("ws://127.0.0.1:8o/ws", "port \"8o\" is not a number"),
+            ("ws://127.0.0.1:/ws", "port \"\" is not a number"),
+            ("ws://:8081/ws", "no host"),
+            ("ws:///ws", "no host"),
+            (
+                "http://127.0.0.1:8081/ws",
+                "scheme \"http\" is not supported",
+            ),
+            ("127.0.0.1:8081/ws", "must start with ws://"),
+            ("ws://300.1.1.1:8081/ws", "not an IPv4 address"),
+            ("ws://bad..name:8081/ws", "not a valid host name"),
+            ("ws://-bad:8081/ws", "not a valid host name"),
+            ("ws://[::g]:8081/ws", "not an IPv6 address"),
+            ("ws://[::1:8081/ws", "closing ']'"),
+            ("ws://[::1]8081/ws", "after the IPv6 host"),
+            ("ws://u:p@127.0.0.1:8081/ws", "user info"),
+            ("ws://127.0.0.1:8081/ws#top", "fragment"),
+            ("ws://127.0.0.1:8081/w\ts", "control character"),
+            ("ws://127.0.0.1:8081/wé", "character 'é'"),
+        ] {
+            let e = load(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains(needle)
+                    && e.contains("/etc/peerd/a.toml")
+                    && e.contains("url")
+                    && e.contains("\"b\""),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -37,7 +37,9 @@
 //! Sizes (`outbox_limit`, `inbox_retention`, queued bytes) count bytes on
 //! disk: the body plus the record's framing and fields.
 
+pub mod cursor;
 mod log;
+mod queues;
 mod records;
 pub mod repair;
 mod state;
@@ -54,6 +56,7 @@ use tokio::sync::{oneshot, watch};
 
 use peerlink::control::{Entry, JournalStatus};
 
+pub use self::cursor::{Cursor, Log};
 use self::log::LogIndex;
 use crate::wire::Record;
 
@@ -64,10 +67,11 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JournalError {
     #[error(
-        "outbox full: {queued_msgs} messages ({queued_bytes} bytes) queued for the peer since {since}; \
-         limit is {limit}"
+        "outbox full for {peer}: {queued_msgs} messages ({queued_bytes} bytes) queued for {peer} \
+         since {since}; limit is {limit} per peer"
     )]
     OutboxFull {
+        peer: String,
         queued_msgs: u64,
         queued_bytes: u64,
         since: String,
@@ -113,8 +117,21 @@ pub struct Options {
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
-    writes: std_mpsc::Sender<Write>,
+    writes: std_mpsc::Sender<(Write, Option<Slot>)>,
+    /// Places in the writer's queue: every write takes one before it is
+    /// queued (awaiting it is the back-pressure) and gives it back when the
+    /// writer takes the write, so the queue between the async side and the
+    /// writer thread is bounded.
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Writes queued for the writer thread at once, at most.
+const WRITE_SLOTS: usize = 1024;
+
+/// A place in the writer's queue ([`Journal::reserve`]). Taking it is
+/// where a writer waits when the journal is behind; using it queues the
+/// write at once, so writes keep the order of the calls.
+pub struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 struct Shared {
     state: Mutex<State>,
@@ -124,8 +141,8 @@ struct Shared {
     outbox_next: watch::Sender<u64>,
     /// Next inbox sequence number: everything below is readable.
     inbox_next: watch::Sender<u64>,
-    /// Everything below this has been acknowledged by every peer.
-    acked_all: watch::Sender<u64>,
+    /// Bumped whenever a peer acknowledges something (`send --wait`).
+    acks: watch::Sender<u64>,
     /// Held (locked) while the journal is open.
     lock_file: File,
 }
@@ -140,14 +157,26 @@ struct State {
     inbox_first: u64,
     /// Its position in the inbox's byte stream.
     inbox_first_pos: u64,
-    /// Every peer has acked everything below this.
+    /// No peer needs an outbox record below this (segments below it are
+    /// deleted); see `queues`.
     floor: u64,
+    /// The configured peers (changed by a reload).
+    members: Vec<String>,
+    /// Each peer's queue (see `queues`).
+    queues: HashMap<String, queues::PeerQueue>,
+    /// The outbox holds (or held since it opened) addressed records, so
+    /// counting a queue means reading records back.
+    addressed: bool,
+    /// Outbox numbers below this may have been published (sent) and are
+    /// never given to another message (see `writer::Writer::commit_logs`).
+    outbox_reserved: u64,
     /// The last write that failed (and when), until a write succeeds.
     storage_error: Option<(String, u64)>,
     /// Per peer: our records below this were reported lost to it.
     lost_told: HashMap<String, u64>,
-    /// Its position in the outbox's byte stream.
-    floor_pos: u64,
+    /// Per peer: queued records the operator dropped (`peerctl drop`),
+    /// until the peer acknowledges past them.
+    dropped: HashMap<String, std::collections::BTreeSet<u64>>,
     peers: HashMap<String, PeerState>,
     counters: HashMap<String, Counters>,
     /// Something the state file records has changed since it was written.
@@ -183,11 +212,16 @@ pub struct Counters {
 enum Write {
     Outbox {
         bodies: Vec<Vec<u8>>,
+        /// The peers they are for; empty: every peer.
+        to: Vec<String>,
         reply: oneshot::Sender<Result<(u64, u64), JournalError>>,
     },
     Inbox {
         origin: String,
         epoch: u64,
+        /// The peer's records `from..next`: `records` are those for us.
+        from: u64,
+        next: u64,
         records: Vec<Record>,
         reply: oneshot::Sender<Result<u64, JournalError>>,
     },
@@ -223,12 +257,15 @@ pub struct InboxRead {
     pub entries: Vec<Entry>,
 }
 
-/// What [`Journal::read_outbox`] found: records to send, or a run of
-/// tombstones (records `from..next` lost to disk damage and dropped by
-/// `peerd journal repair`) to report to the peer instead.
+/// What [`Journal::read_outbox`] found for one peer: the records for it
+/// among those it looked at (up to `next`), or a run of tombstones
+/// (records `from..next` lost to disk damage and dropped by `peerd journal
+/// repair`) to report to the peer instead.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct OutboxRead {
     pub records: Vec<Record>,
+    /// Where the next read starts: past every record looked at.
+    pub next: u64,
     pub lost: Option<(u64, u64)>,
 }
 
@@ -242,7 +279,11 @@ impl Journal {
             .name("peerd-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| JournalError::storage("cannot start the journal thread", e))?;
-        Ok(Journal { shared, writes: tx })
+        Ok(Journal {
+            shared,
+            writes: tx,
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITE_SLOTS)),
+        })
     }
 
     /// This journal's epoch.
@@ -260,12 +301,23 @@ impl Journal {
         lock(&self.shared)
     }
 
+    /// Wait for a place in the writer's queue.
+    pub async fn reserve(&self) -> Slot {
+        match self.slots.clone().acquire_owned().await {
+            Ok(p) => Slot(p),
+            // The semaphore is never closed; if it were, the write would
+            // find the journal closed anyway.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     fn submit<T>(
         &self,
         write: Write,
+        slot: Option<Slot>,
         rx: oneshot::Receiver<Result<T, JournalError>>,
     ) -> impl Future<Output = Result<T, JournalError>> + use<T> {
-        let sent = self.writes.send(write);
+        let sent = self.writes.send((write, slot));
         async move {
             sent.map_err(|_| JournalError::Closed)?;
             rx.await.map_err(|_| JournalError::Closed)?
@@ -273,29 +325,43 @@ impl Journal {
     }
 
     /// Append messages to the outbox; resolves once they are durable, with
-    /// their sequence numbers `first..=last`.
-    pub async fn append_outbox(&self, bodies: Vec<Vec<u8>>) -> Result<(u64, u64), JournalError> {
+    /// their sequence numbers `first..=last`. The write is queued when this
+    /// is called, not when the future is first polled, so appends get their
+    /// numbers in the order of the calls (pipelined `send` requests).
+    /// `to`: the peers they are for (`send --to`); empty: every peer.
+    pub fn append_outbox(
+        &self,
+        slot: Slot,
+        bodies: Vec<Vec<u8>>,
+        to: Vec<String>,
+    ) -> impl Future<Output = Result<(u64, u64), JournalError>> + use<> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Write::Outbox { bodies, reply }, rx).await
+        self.submit(Write::Outbox { bodies, to, reply }, Some(slot), rx)
     }
 
     /// Store records received from peer `origin` (of its epoch `epoch`),
     /// dropping ones already stored. Resolves, once durable, to the next
     /// sequence number expected from it: the cumulative ack to send.
+    /// `from..next` is the stretch of the peer's outbox the records come
+    /// from: the rest of it is for other peers.
     pub fn append_inbox(
         &self,
+        slot: Slot,
         origin: String,
         epoch: u64,
+        (from, next): (u64, u64),
         records: Vec<Record>,
     ) -> impl Future<Output = Result<u64, JournalError>> + use<> {
         let (reply, rx) = oneshot::channel();
         let write = Write::Inbox {
             origin,
             epoch,
+            from,
+            next,
             records,
             reply,
         };
-        self.submit(write, rx)
+        self.submit(write, Some(slot), rx)
     }
 
     /// Store one message from a local source (a plain WebSocket client);
@@ -307,7 +373,8 @@ impl Journal {
             body,
             reply,
         };
-        self.submit(write, rx).await
+        let slot = self.reserve().await;
+        self.submit(write, Some(slot), rx).await
     }
 
     /// Record that peer `origin`'s records `from..next` of `epoch` are
@@ -315,6 +382,7 @@ impl Journal {
     /// write and counts them lost. Resolves to the ack to send.
     pub fn append_lost(
         &self,
+        slot: Slot,
         origin: String,
         epoch: u64,
         from: u64,
@@ -328,62 +396,90 @@ impl Journal {
             next,
             reply,
         };
-        self.submit(write, rx)
+        self.submit(write, Some(slot), rx)
     }
 
     /// Apply retention, delete segments nobody needs and write the state
     /// file now (the writer also does this every second).
     pub async fn checkpoint(&self) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Write::Checkpoint { reply }, rx).await
+        self.submit(Write::Checkpoint { reply }, None, rx).await
     }
 
     /// Write everything down and stop taking writes (shutdown). Later
     /// writes fail with [`JournalError::Closed`].
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.writes.send(Write::Close { reply }).is_ok() {
+        if self.writes.send((Write::Close { reply }, None)).is_ok() {
             let _ = rx.await;
         }
     }
 
-    /// Peer `peer` has stored every record below `next`: move the point
-    /// below which every peer has everything (the writer deletes the
-    /// segments below it).
+    /// Peer `peer` has stored every record below `next` that is for it:
+    /// move its cursor. Cheap (it runs on the async workers); the writer
+    /// thread settles the queue and deletes what nobody needs.
     pub fn ack(&self, peer: &str, next: u64) {
-        let floor = {
+        {
             let mut st = self.lock();
             let outbox_next = st.outbox.next();
-            if let Some(p) = st.peers.get_mut(peer) {
-                let n = p.acked_next.max(next.min(outbox_next));
-                if n != p.acked_next {
-                    p.acked_next = n;
-                    st.dirty = true;
-                }
-            }
-            let floor = floor_of(&self.shared.opts.peers, &st.peers, outbox_next);
-            if floor <= st.floor {
+            let Some(p) = st.peers.get_mut(peer) else {
+                return;
+            };
+            let n = p.acked_next.max(next.min(outbox_next));
+            if n == p.acked_next {
                 return;
             }
-            st.floor = floor;
-            floor
-        };
-        // Where the floor is in bytes, for `outbox_limit`: found outside
-        // the lock (it may read the disk).
-        match pos_of(&self.shared, |st| &st.outbox, floor) {
-            Ok(pos) => {
-                let mut st = self.lock();
-                if st.floor == floor {
-                    st.floor_pos = st.floor_pos.max(pos);
-                }
+            p.acked_next = n;
+            st.dirty = true;
+            if let Some(d) = st.dropped.get_mut(peer) {
+                d.retain(|s| *s >= n);
             }
-            Err(e) => tracing::warn!("journal: cannot locate acked outbox record {floor}: {e}"),
         }
-        self.shared.acked_all.send_if_modified(|v| {
-            let changed = *v < floor;
-            *v = (*v).max(floor);
-            changed
-        });
+        self.shared.acks.send_modify(|v| *v += 1);
+    }
+
+    /// Has every peer in `to` (every configured peer when empty) stored
+    /// every record up to `last` that is for it?
+    pub fn delivered(&self, to: &[String], last: u64) -> bool {
+        let st = self.lock();
+        let all = if to.is_empty() { &st.members[..] } else { to };
+        all.iter()
+            .all(|p| st.peers.get(p).is_some_and(|s| s.acked_next > last))
+    }
+
+    /// Watch acknowledgements (the value only changes).
+    pub fn watch_acks(&self) -> watch::Receiver<u64> {
+        self.shared.acks.subscribe()
+    }
+
+    /// The configured peers.
+    pub fn members(&self) -> Vec<String> {
+        self.lock().members.clone()
+    }
+
+    /// Change the configured peers (a reload). A peer new to the journal
+    /// gets the messages accepted from now on; a removed one no longer
+    /// holds any segment. What the journal knows of a removed peer (what it
+    /// acked, what we expect from it) is kept in case it comes back.
+    pub fn set_peers(&self, peers: Vec<String>) {
+        let mut st = self.lock();
+        let next = st.outbox.next();
+        for p in &peers {
+            if !st.members.contains(p) {
+                let s = st.peers.entry(p.clone()).or_default();
+                s.acked_next = s.acked_next.max(next);
+                st.queues.insert(
+                    p.clone(),
+                    queues::PeerQueue {
+                        counted_to: next,
+                        ..queues::PeerQueue::default()
+                    },
+                );
+            }
+        }
+        st.queues.retain(|p, _| peers.contains(p));
+        st.members = peers;
+        st.dirty = true;
     }
 
     /// The oldest outbox record still kept (or the next to be assigned).
@@ -391,36 +487,55 @@ impl Journal {
         self.lock().outbox.first()
     }
 
-    /// Outbox records from `from` on, at most about `max_bytes` (always at
-    /// least one if there is one); or, where a run of tombstones starts at
-    /// `from`, that run.
-    pub fn read_outbox(&self, from: u64, max_bytes: u64) -> Result<OutboxRead, JournalError> {
-        let span = {
+    /// Records for `peer` from `from` on, looking at about `max_bytes` of
+    /// the outbox (always at least one record if there is one); or, where a
+    /// run of tombstones starts at `from`, that run. Reads the disk: call
+    /// it off the async workers.
+    pub fn read_outbox(
+        &self,
+        from: u64,
+        max_bytes: u64,
+        peer: &str,
+    ) -> Result<OutboxRead, JournalError> {
+        let (span, from) = {
             let st = self.lock();
-            st.outbox.span(from.max(st.outbox.first()))
+            let from = from.max(st.outbox.first());
+            (st.outbox.span(from), from)
+        };
+        let mut read = OutboxRead {
+            next: from,
+            ..OutboxRead::default()
         };
         let Some(span) = span else {
-            return Ok(OutboxRead::default());
+            return Ok(read);
         };
+        // (seq, None: tombstone | Some(None): not for the peer | Some(Some(record)))
         let items = span
             .read_map(from, usize::MAX, max_bytes, |seq, _, data| {
                 if log::is_tombstone(data) {
-                    return Ok(None);
+                    return Ok((seq, None));
                 }
-                records::get_outbox(seq, data).map(Some).ok_or_else(|| {
+                let v = records::view_outbox(data).ok_or_else(|| {
                     JournalError::Storage(format!("outbox record {seq} is undecodable"))
-                })
+                })?;
+                let rec = v.is_for(peer).then(|| Record {
+                    seq,
+                    sent_ms: v.sent_ms,
+                    body: v.body.to_vec(),
+                });
+                Ok((seq, Some(rec)))
             })
             .map_err(|e| JournalError::storage("reading the outbox", e))?;
-        let mut read = OutboxRead::default();
-        for (seq, item) in (from..).zip(items) {
-            match (item?, read.lost.as_mut()) {
-                (Some(r), None) => read.records.push(r),
+        for item in items {
+            let (seq, item) = item?;
+            match (item, read.lost.as_mut()) {
+                (Some(rec), None) => read.records.extend(rec),
                 (Some(_), Some(_)) => break,
-                (None, None) if read.records.is_empty() => read.lost = Some((seq, seq + 1)),
+                (None, None) if read.next == from => read.lost = Some((seq, seq + 1)),
                 (None, None) => break,
                 (None, Some(run)) => run.1 = seq + 1,
             }
+            read.next = seq + 1;
         }
         Ok(read)
     }
@@ -438,6 +553,39 @@ impl Journal {
             st.dirty = true;
         }
         new
+    }
+
+    /// Drop queued record `seq` for `peer` (`peerctl drop`): it is never
+    /// sent; the peer is told it is lost instead. Only a record still
+    /// queued for that peer can be dropped.
+    pub fn drop_record(&self, peer: &str, seq: u64) -> Result<(), String> {
+        {
+            let mut st = self.lock();
+            let Some(p) = st.peers.get(peer).copied() else {
+                return Err(format!("no peer {peer:?} in this journal"));
+            };
+            let (first, next) = (p.acked_next.max(st.outbox.first()), st.outbox.next());
+            if seq < first || seq >= next {
+                return Err(format!(
+                    "message {seq} is not queued for {peer} (its queue holds {})",
+                    if first < next {
+                        format!("{first}..{}", next - 1)
+                    } else {
+                        "nothing".into()
+                    }
+                ));
+            }
+            st.dropped.entry(peer.to_string()).or_default().insert(seq);
+            st.dirty = true;
+        }
+        // Wake the peer's session, which may be holding on that record.
+        self.shared.outbox_next.send_modify(|_| {});
+        Ok(())
+    }
+
+    /// Queued records the operator dropped for `peer`.
+    pub fn dropped(&self, peer: &str) -> std::collections::BTreeSet<u64> {
+        self.lock().dropped.get(peer).cloned().unwrap_or_default()
     }
 
     /// What the journal knows about `peer`.
@@ -460,31 +608,22 @@ impl Journal {
     }
 
     /// Messages, bytes (on disk) and the oldest accept time still queued
-    /// for `peer`. Best effort: a read error shows as nothing queued.
+    /// for `peer`. Best effort: a read error shows as what was counted.
     pub fn queued(&self, peer: &str) -> (u64, u64, Option<u64>) {
-        let (from, next, end, span) = {
-            let st = self.lock();
-            let acked = st.peers.get(peer).map(|p| p.acked_next).unwrap_or(0);
-            let from = acked.max(st.outbox.first());
-            (
-                from,
-                st.outbox.next(),
-                st.outbox.end_pos(),
-                st.outbox.span(from),
-            )
-        };
-        let msgs = next.saturating_sub(from);
-        let first = span
-            .and_then(|s| s.read(from, 1, 0).ok())
-            .and_then(|mut v| v.pop());
-        match first {
-            Some(r) => (
-                msgs,
-                end.saturating_sub(r.pos),
-                records::get_outbox(r.seq, &r.data).map(|r| r.sent_ms),
-            ),
-            None => (msgs, 0, None),
+        if let Err(e) = queues::settle(&self.shared, peer) {
+            tracing::debug!("journal: counting {peer}'s queue: {e}");
         }
+        let (q, from) = {
+            let st = self.lock();
+            let q = st.queues.get(peer).copied().unwrap_or_default();
+            let acked = st.peers.get(peer).map(|p| p.acked_next).unwrap_or(0);
+            (q, acked.max(q.pending_from.unwrap_or(0)))
+        };
+        if q.msgs == 0 {
+            return (0, 0, None);
+        }
+        let oldest = queues::oldest(&self.shared, peer, from).unwrap_or(None);
+        (q.msgs, q.bytes, oldest)
     }
 
     /// Inbox entries from `from` on: at most `max_count` and about
@@ -531,6 +670,35 @@ impl Journal {
         })
     }
 
+    /// Where `tail -n N --from-peer ORIGIN` starts: the inbox sequence of
+    /// the N-th last message from `origin` below `head` (`head` when there
+    /// is none). Reads the kept inbox from its start: call it off the async
+    /// workers.
+    pub fn last_from(&self, n: u64, origin: &str, head: u64) -> Result<u64, JournalError> {
+        let mut last = std::collections::VecDeque::with_capacity(n.min(4096) as usize);
+        let mut next = 1;
+        while next < head {
+            let read = self.read_inbox(next, 4096, 1 << 20)?;
+            if read.next <= next {
+                break;
+            }
+            for e in read
+                .entries
+                .iter()
+                .filter(|e| e.origin == origin && e.seq < head)
+            {
+                if last.len() as u64 == n {
+                    last.pop_front();
+                }
+                if n > 0 {
+                    last.push_back(e.seq);
+                }
+            }
+            next = read.next;
+        }
+        Ok(last.front().copied().unwrap_or(head))
+    }
+
     /// Watch the next outbox sequence number.
     pub fn watch_outbox(&self) -> watch::Receiver<u64> {
         self.shared.outbox_next.subscribe()
@@ -539,11 +707,6 @@ impl Journal {
     /// Watch the next inbox sequence number.
     pub fn watch_inbox(&self) -> watch::Receiver<u64> {
         self.shared.inbox_next.subscribe()
-    }
-
-    /// Watch the point below which every peer has acknowledged everything.
-    pub fn watch_acked(&self) -> watch::Receiver<u64> {
-        self.shared.acked_all.subscribe()
     }
 
     pub fn status(&self) -> JournalStatus {
@@ -565,15 +728,6 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     // a way later readers could misread (every update is a few field
     // writes), so a poisoned lock is simply taken over.
     shared.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The point below which every configured peer has acked.
-fn floor_of(peers: &[String], state: &HashMap<String, PeerState>, outbox_next: u64) -> u64 {
-    peers
-        .iter()
-        .map(|p| state.get(p).map(|s| s.acked_next).unwrap_or(1))
-        .min()
-        .unwrap_or(outbox_next)
 }
 
 /// Position of record `seq` in a log's byte stream (its end if `seq` is

@@ -22,6 +22,7 @@
 //! | `dial`      | dialling a peer                                          |
 //! | `listener`  | accepting peers on `listen`                              |
 //! | `origin`    | which web pages may connect (`Origin`, `Host` checks)    |
+//! | `admission` | the listener's pending-handshake slots, fair under floods |
 //! | `plain`     | plain WebSocket clients (no `peerlink.v1`, SPEC §7)      |
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
@@ -30,6 +31,7 @@
 //! | `daemon`    | wiring it all together and shutting it down              |
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod cli;

@@ -13,10 +13,11 @@
 //! 403 and one log line ([`crate::origin`]): peers and plain clients alike.
 //!
 //! Every connection is bounded before it costs anything: at most
-//! `max_pending_handshakes` handshakes at once (a permit is taken before
-//! the connection is read; over the limit it is closed at once), each
-//! within `handshake_timeout`, and no WebSocket message larger than a peer
-//! frame is buffered.
+//! `max_pending_handshakes` handshakes at once (a slot is taken before the
+//! connection is read; with no room, a pending handshake is evicted by the
+//! rules of [`crate::admission`], fair per source, so a flood never keeps
+//! a peer out), each within `handshake_timeout`, and no WebSocket message
+//! larger than a peer frame is buffered.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use std::time::Duration;
 use peerlink::control::Direction;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+
+use crate::admission::{Admission, Eviction};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
@@ -57,9 +60,12 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.cfg.max_pending_handshakes));
+    let admission = Admission::new(ctx.cfg.max_pending_handshakes);
     let plain_slots = Arc::new(Semaphore::new(plain::MAX_CLIENTS));
-    let mut refused_logged = false;
+    // Under a flood, one line a minute at most: when the slots first run
+    // out, then how many were closed since.
+    let mut flood_logged: Option<tokio::time::Instant> = None;
+    let mut closed_since_log = 0u64;
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -74,18 +80,21 @@ pub async fn run(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if !refused_logged {
+        let (ticket, eviction) = admission.admit(remote.ip());
+        if let Some(e) = eviction {
+            closed_since_log += 1;
+            if flood_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                let (Eviction::SourceFull { source, held } | Eviction::AllFull { source, held }) =
+                    e;
                 tracing::warn!(
-                    "too many pending handshakes ({}); refusing connections until some finish",
-                    ctx.cfg.max_pending_handshakes
+                    "pending handshakes full ({} at most, {} per source): closing the oldest from the busiest source ({source}, {held} pending); {closed_since_log} closed since the last such line (one a minute at most)",
+                    ctx.cfg.max_pending_handshakes,
+                    crate::admission::per_source(ctx.cfg.max_pending_handshakes),
                 );
-                refused_logged = true;
+                flood_logged = Some(tokio::time::Instant::now());
+                closed_since_log = 0;
             }
-            drop(tcp);
-            continue;
-        };
-        refused_logged = false;
+        }
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let plain_slots = plain_slots.clone();
@@ -93,9 +102,13 @@ pub async fn run(
             let timeout = ctx.cfg.handshake_timeout;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = ticket.evicted() => {
+                    tracing::debug!(%remote, "pending handshake closed to make room (flood)");
+                    return;
+                }
                 r = tokio::time::timeout(timeout, accept(tcp, remote, &ctx)) => r,
             };
-            drop(permit);
+            drop(ticket);
             match result {
                 Err(_) => tracing::info!(%remote, "handshake not finished within {}; dropped", humantime::format_duration(timeout)),
                 Ok(Err(e @ HandshakeError::Auth(_))) => tracing::warn!(%remote, "peer refused: {e}"),
@@ -154,6 +167,7 @@ async fn accept(
     ctx: &Accepting,
 ) -> Result<Accepted, HandshakeError> {
     let _ = tcp.set_nodelay(true);
+    crate::transport::keepalive(&tcp, &ctx.cfg);
     let local = tcp.local_addr().map_err(|e| e.to_string())?;
     let (io, liveness) = watched(ctx.tls.accept(tcp).await?);
     let path = ctx.cfg.path.clone();

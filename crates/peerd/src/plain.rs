@@ -12,14 +12,24 @@
 //! | peerd → client   | every message that arrives **from a peer** from the      |
 //! |                  | moment it connected: text if the body is UTF-8, else     |
 //! |                  | binary. Messages of other plain clients are not echoed.  |
-//! | both             | pings every `heartbeat`; a client that sent nothing (not |
-//! |                  | even a pong) for `dead_after` is dropped                 |
+//! | client → peerd   | an empty message is no message: skipped, never stored    |
+//!
+//! # Liveness
+//!
+//! A plain client need not read, nor answer pings (the original Go programs
+//! never read their socket): it stays connected for as long as its TCP
+//! connection lives, however long it is silent. The daemon sends it no
+//! pings (they would pile up unread, and a ping in flight to a vanished
+//! host keeps TCP keepalive from probing); TCP keepalive on the connection
+//! ([`crate::transport::keepalive`]) notices a host that vanished after
+//! about `dead_after + 3 × heartbeat` of silence. A client that never reads
+//! stalls only its own stream of arrivals once the socket buffers are full;
+//! what it sends keeps landing.
 //!
 //! # Close codes
 //!
 //! | code | reason                                                          |
 //! |------|-----------------------------------------------------------------|
-//! | 1008 | `empty message refused`: an empty message is never stored       |
 //! | 1009 | `message over max_message (N bytes)`                            |
 //! | 1013 | too many plain clients ([`MAX_CLIENTS`]), try again later       |
 //! | 1001 | `going away`: the daemon is shutting down                       |
@@ -43,21 +53,17 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::journal::Journal;
+use crate::journal::{Cursor, Journal, Log};
 use crate::transport::Ws;
 
 /// Plain clients connected at once, at most; more are closed with 1013.
 pub const MAX_CLIENTS: usize = 256;
-/// Close code: policy violation (an empty message; plain clients not allowed).
-pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: message too big.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: try again later (too many plain clients).
@@ -87,14 +93,15 @@ pub async fn serve(
     let origin = format!("client:{remote}");
     // From this moment on: a plain client sees what arrives while it is
     // connected, not the history (that is what `peerctl tail` is for).
-    let watch = journal.watch_inbox();
-    let from = *watch.borrow();
+    let mut cursor = Cursor::new(&journal, Log::Inbox, 0);
+    let from = cursor.end();
+    cursor.seek(from);
     tracing::info!(%remote, "plain WebSocket client connected");
     let (mut sink, mut stream) = ws.split();
     let ending = tokio::select! {
         _ = shutdown.cancelled() => Ending::Close(1001, "going away".into()),
         e = inbound(&mut stream, &origin, &cfg, &journal) => e,
-        e = outbound(&mut sink, &cfg, &journal, watch, from) => e,
+        e = outbound(&mut sink, &cfg, cursor) => e,
     };
     let why = match &ending {
         Ending::Close(code, reason) => {
@@ -129,7 +136,8 @@ pub async fn refuse_busy(mut ws: Ws) {
 }
 
 /// Read the client's messages into the inbox, one append each (the append
-/// resolves once stored, so a fast client is paced by the journal).
+/// resolves once stored, so a fast client is paced by the journal). No
+/// timeout: silence is not death (see "Liveness").
 async fn inbound(
     stream: &mut SplitStream<Ws>,
     origin: &str,
@@ -137,22 +145,16 @@ async fn inbound(
     journal: &Journal,
 ) -> Ending {
     loop {
-        let msg = match tokio::time::timeout(cfg.dead_after, stream.next()).await {
-            Err(_) => {
-                return Ending::Quiet(format!(
-                    "nothing received for {}",
-                    humantime::format_duration(cfg.dead_after)
-                ));
-            }
-            Ok(None) => return Ending::Quiet("connection closed".into()),
-            Ok(Some(Err(WsError::Capacity(e)))) => {
+        let msg = match stream.next().await {
+            None => return Ending::Quiet("connection closed".into()),
+            Some(Err(WsError::Capacity(e))) => {
                 return Ending::Close(
                     CLOSE_TOO_BIG,
                     format!("message over max_message ({} bytes): {e}", cfg.max_message),
                 );
             }
-            Ok(Some(Err(e))) => return Ending::Quiet(e.to_string()),
-            Ok(Some(Ok(m))) => m,
+            Some(Err(e)) => return Ending::Quiet(e.to_string()),
+            Some(Ok(m)) => m,
         };
         let body: Vec<u8> = match msg {
             Message::Text(t) => t.as_bytes().to_vec(),
@@ -160,6 +162,9 @@ async fn inbound(
             Message::Close(_) => return Ending::Quiet("client closed the connection".into()),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
+        if body.is_empty() {
+            continue; // no message: never stored (README "send and tail")
+        }
         if let Some(refusal) = check(&body, cfg.max_message) {
             return refusal;
         }
@@ -171,9 +176,6 @@ async fn inbound(
 
 /// Why a message from a plain client is refused, if it is.
 fn check(body: &[u8], max_message: u64) -> Option<Ending> {
-    if body.is_empty() {
-        return Some(Ending::Close(CLOSE_POLICY, "empty message refused".into()));
-    }
     if body.len() as u64 > max_message {
         return Some(Ending::Close(
             CLOSE_TOO_BIG,
@@ -184,35 +186,21 @@ fn check(body: &[u8], max_message: u64) -> Option<Ending> {
 }
 
 /// Send every message that arrives from a peer, from inbox sequence `next`
-/// on, at the client's pace; ping every `heartbeat`, busy or idle.
-async fn outbound(
-    sink: &mut SplitSink<Ws, Message>,
-    cfg: &Config,
-    journal: &Journal,
-    mut watch: watch::Receiver<u64>,
-    mut next: u64,
-) -> Ending {
-    let mut next_ping = Instant::now() + cfg.heartbeat;
+/// on, at the client's pace.
+async fn outbound(sink: &mut SplitSink<Ws, Message>, cfg: &Config, mut cursor: Cursor) -> Ending {
     loop {
-        if Instant::now() >= next_ping {
-            next_ping = Instant::now() + cfg.heartbeat;
-            if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
-                return Ending::Quiet(e.to_string());
-            }
-        }
-        watch.borrow_and_update();
-        let read = match journal.read_inbox(next, CHUNK, CHUNK_BYTES) {
-            Ok(r) => r,
+        let at = cursor.next;
+        // (Trimmed by retention before this client got to it: the cursor
+        // skips ahead.)
+        let chunk = match cursor.read_inbox(CHUNK, CHUNK_BYTES).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!("plain client: cannot read the inbox: {e}");
                 return Ending::Close(1011, "internal error".into());
             }
         };
-        // Trimmed by retention before this client got to it: skip ahead.
-        next = next.max(read.first);
-        if read.next > next {
-            next = read.next;
-            for e in read.entries {
+        if cursor.next > at {
+            for e in chunk.entries {
                 if !cfg.peers.iter().any(|p| p.name == e.origin) {
                     continue; // a plain client's own, or another's: not echoed
                 }
@@ -225,11 +213,8 @@ async fn outbound(
             }
             continue;
         }
-        tokio::select! {
-            changed = watch.changed() => if changed.is_err() {
-                return Ending::Close(1001, "going away".into());
-            },
-            _ = tokio::time::sleep_until(next_ping) => {}
+        if !cursor.wait().await {
+            return Ending::Close(1001, "going away".into());
         }
     }
 }
@@ -247,11 +232,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_and_oversized_messages_are_refused() {
-        assert_eq!(
-            check(b"", 10),
-            Some(Ending::Close(CLOSE_POLICY, "empty message refused".into()))
-        );
+    fn oversized_messages_are_refused() {
         assert!(matches!(
             check(&[0; 11], 10),
             Some(Ending::Close(CLOSE_TOO_BIG, _))

@@ -10,7 +10,9 @@
 //!
 //! Bounds: at most [`MAX_CLIENTS`] connections at once (more are closed at
 //! once, logged once per episode); the first frame (Hello) must come
-//! within `handshake_timeout`; every frame is at most `MAX_FRAME`; at most
+//! within `handshake_timeout`; a request frame is at most
+//! `control::request_limit(max_message)` (a `Send` of one message of
+//! `max_message`, or a batch), checked before its body is read; at most
 //! [`MAX_PIPELINED`] requests of one client wait for their replies before
 //! its next request is read.
 
@@ -22,7 +24,8 @@ use tokio::sync::Semaphore;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use peerlink::control::{
-    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TailStart,
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TAIL_BATCH_BYTES, TailStart,
+    request_limit,
 };
 use peerlink::endpoint::{RecvHalf, SendHalf};
 use peerlink::frame::{self, FrameError, Reader, Writer};
@@ -30,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::status::PeerBoard;
 
 /// Entries per `Entries` reply while catching up.
@@ -100,7 +103,7 @@ type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
-    let mut reader = frame::reader(rx, MAX_FRAME);
+    let mut reader = frame::reader(rx, request_limit(ctx.cfg.max_message));
     let mut writer = frame::writer(tx, MAX_FRAME);
     // Hello first, and soon: a client that connects and says nothing does
     // not get to hold a connection.
@@ -122,6 +125,7 @@ async fn serve(conn: Stream, ctx: &Control) {
                 version: PROTOCOL_VERSION,
                 daemon_version: peerlink::VERSION.to_string(),
                 instance: ctx.cfg.instance.clone(),
+                max_message: ctx.cfg.max_message,
             };
             if frame::send(&mut writer, &hello).await.is_err() {
                 return;
@@ -146,7 +150,7 @@ async fn serve(conn: Stream, ctx: &Control) {
             return bad_request(&mut writer, "the first request must be Hello".into()).await;
         }
         Ok(None) => return,
-        Err(e) => return bad_request(&mut writer, e.to_string()).await,
+        Err(e) => return bad_request(&mut writer, frame_error(ctx, e)).await,
     }
     let mut replies: FuturesOrdered<Replies> = FuturesOrdered::new();
     let mut reading = true;
@@ -157,16 +161,31 @@ async fn serve(conn: Stream, ctx: &Control) {
                 Err(FrameError::Io(_)) => return,
                 Err(e) => {
                     flush_replies(&mut replies, &mut writer).await;
-                    return bad_request(&mut writer, e.to_string()).await;
+                    return bad_request(&mut writer, frame_error(ctx, e)).await;
                 }
-                Ok(Some(Request::Send { bodies, wait })) => replies.push_back(Box::pin(send(ctx.journal.clone(), ctx.cfg.max_message, bodies, wait))),
+                // The append is queued here, in arrival order; only the
+                // wait for its reply is deferred.
+                Ok(Some(Request::Send { bodies, wait, to })) => {
+                    // A place in the journal's queue first: waiting for it
+                    // is the back-pressure when the disk is behind.
+                    let slot = ctx.journal.reserve().await;
+                    let (stored, delivered) = send(ctx, slot, bodies, wait, to);
+                    replies.push_back(stored);
+                    if let Some(d) = delivered {
+                        replies.push_back(d);
+                    }
+                }
+                Ok(Some(Request::Drop { peer, seq })) => {
+                    let out = drop_record(ctx, peer, seq);
+                    replies.push_back(Box::pin(async move { vec![out] }));
+                }
                 Ok(Some(Request::Status)) => {
                     let status = status(ctx);
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
                 }
-                Ok(Some(Request::Tail { start, follow })) => {
+                Ok(Some(Request::Tail { start, follow, origin })) => {
                     flush_replies(&mut replies, &mut writer).await;
-                    return tail(ctx, start, follow, reader, writer).await;
+                    return tail(ctx, start, follow, origin, reader, writer).await;
                 }
                 Ok(Some(Request::Hello { .. })) => {
                     flush_replies(&mut replies, &mut writer).await;
@@ -193,6 +212,19 @@ async fn flush_replies(replies: &mut FuturesOrdered<Replies>, writer: &mut Write
     }
 }
 
+/// What is wrong with a request frame, for the client: an oversized one
+/// names `max_message`, which sets the limit.
+fn frame_error(ctx: &Control, e: FrameError) -> String {
+    match e {
+        FrameError::TooLarge { limit } => format!(
+            "request larger than {limit} bytes, the limit for max_message ({}) of instance {}",
+            crate::units::Size(ctx.cfg.max_message),
+            ctx.cfg.instance
+        ),
+        e => e.to_string(),
+    }
+}
+
 async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
     tracing::info!("control client refused: {message}");
     let _ = frame::send(
@@ -205,64 +237,193 @@ async fn bad_request(writer: &mut Writer<SendHalf>, message: String) {
     .await;
 }
 
-async fn send(
-    journal: Journal,
-    max_message: u64,
+/// Check a `Send` request and queue its append to the journal now, so
+/// pipelined requests get their sequence numbers in arrival order by
+/// construction; the returned future waits for the replies.
+/// Queue one `Send`: the reply once it is stored and, with `wait`, a
+/// second one once every peer has it. `Sent` goes out as soon as the
+/// messages are durable, not with `Delivered`, so a client whose daemon
+/// goes away mid-wait knows they were stored (and will be delivered).
+fn send(
+    ctx: &Control,
+    slot: crate::journal::Slot,
     bodies: Vec<Vec<u8>>,
     wait: bool,
-) -> Vec<Response> {
-    if let Some((i, b)) = bodies
-        .iter()
-        .enumerate()
-        .find(|(_, b)| b.len() as u64 > max_message)
-    {
-        let message = format!(
-            "message {} is {} bytes, over max_message ({max_message} bytes); nothing in this batch was queued",
-            i + 1,
-            b.len()
-        );
-        return vec![Response::Error {
+    mut to: Vec<String>,
+) -> (Replies, Option<Replies>) {
+    to.sort();
+    to.dedup();
+    let refused = unknown_peer(&to, ctx)
+        .or_else(|| refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance))
+        .or_else(|| peer_refusal(&bodies, &to, ctx));
+    if let Some(message) = refused {
+        let error = Response::Error {
             kind: ErrorKind::Rejected,
             message,
-        }];
+        };
+        return (Box::pin(async move { vec![error] }), None);
     }
+    let journal = &ctx.journal;
     if bodies.is_empty() {
         let next = *journal.watch_outbox().borrow();
-        return vec![Response::Sent {
-            first: next,
-            last: next - 1,
-        }];
+        return (
+            Box::pin(async move {
+                vec![Response::Sent {
+                    first: next,
+                    last: next - 1,
+                }]
+            }),
+            None,
+        );
     }
-    let mut acked = journal.watch_acked();
-    match journal.append_outbox(bodies).await {
-        Ok((first, last)) => {
-            let mut out = vec![Response::Sent { first, last }];
-            if wait {
-                if acked.wait_for(|v| *v > last).await.is_err() {
-                    out.push(Response::Error {
-                        kind: ErrorKind::ShuttingDown,
-                        message: "daemon shutting down".into(),
-                    });
-                } else {
-                    out.push(Response::Delivered { upto: last });
-                }
+    let mut acks = journal.watch_acks();
+    let appended = journal.append_outbox(slot, bodies, to.clone());
+    let waiting = journal.clone();
+    let (stored_tx, stored_rx) = tokio::sync::oneshot::channel::<u64>();
+    let delivered: Option<Replies> = wait.then(|| -> Replies {
+        Box::pin(async move {
+            // No `last`: the append failed, and its error was the reply.
+            let Ok(last) = stored_rx.await else {
+                return Vec::new();
+            };
+            if acks
+                .wait_for(|_| waiting.delivered(&to, last))
+                .await
+                .is_err()
+            {
+                vec![Response::Error {
+                    kind: ErrorKind::ShuttingDown,
+                    message: "daemon shutting down".into(),
+                }]
+            } else {
+                vec![Response::Delivered { upto: last }]
             }
-            out
+        })
+    });
+    let stored = Box::pin(async move {
+        match appended.await {
+            Ok((first, last)) => {
+                let _ = stored_tx.send(last);
+                vec![Response::Sent { first, last }]
+            }
+            Err(e @ JournalError::OutboxFull { .. }) => vec![Response::Error {
+                kind: ErrorKind::OutboxFull,
+                message: e.to_string(),
+            }],
+            Err(e @ JournalError::Closed) => vec![Response::Error {
+                kind: ErrorKind::ShuttingDown,
+                message: e.to_string(),
+            }],
+            Err(
+                e
+                @ (JournalError::Storage(_) | JournalError::Corrupt(_) | JournalError::Gap { .. }),
+            ) => vec![Response::Error {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }],
         }
-        Err(e @ JournalError::OutboxFull { .. }) => vec![Response::Error {
-            kind: ErrorKind::OutboxFull,
-            message: e.to_string(),
-        }],
-        Err(e @ JournalError::Closed) => vec![Response::Error {
-            kind: ErrorKind::ShuttingDown,
-            message: e.to_string(),
-        }],
-        Err(
-            e @ (JournalError::Storage(_) | JournalError::Corrupt(_) | JournalError::Gap { .. }),
-        ) => vec![Response::Error {
-            kind: ErrorKind::Internal,
-            message: e.to_string(),
-        }],
+    });
+    (stored, delivered)
+}
+
+/// A message larger than a peer takes (its `max_message`, learned in the
+/// handshake) is refused here, naming both limits, rather than queued to
+/// hold that peer's queue.
+fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<String> {
+    let biggest = bodies.iter().map(Vec::len).max()? as u64;
+    ctx.boards.iter().find_map(|b| {
+        let s = b.snapshot();
+        if !to.is_empty() && !to.contains(&s.name) {
+            return None;
+        }
+        let limit = s.peer_max_message?;
+        (biggest > limit).then(|| {
+            format!(
+                "a message of {biggest} bytes is larger than {}'s max_message ({}), though within \
+                 this node's ({}); nothing was queued. Raise max_message on {} or send smaller \
+                 messages",
+                s.name,
+                crate::units::Size(limit),
+                crate::units::Size(ctx.cfg.max_message),
+                s.name
+            )
+        })
+    })
+}
+
+/// `send --to` a peer that is not configured: refused, naming the ones
+/// that are.
+fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
+    let unknown: Vec<&str> = to
+        .iter()
+        .filter(|n| !ctx.cfg.peers.iter().any(|p| &&p.name == n))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    Some(format!(
+        "no peer named {}; the configured peers are: {}",
+        unknown.join(", "),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
+}
+
+/// Why a batch of bodies is refused whole, if it is: an empty message
+/// (never stored) or one over `max_message`.
+fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<String> {
+    let (i, b) = bodies
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.is_empty() || b.len() as u64 > max_message)?;
+    let which = if bodies.len() > 1 {
+        format!("message {} of this batch", i + 1)
+    } else {
+        "message".to_string()
+    };
+    let why = if b.is_empty() {
+        format!("{which} is empty; empty messages are never stored")
+    } else {
+        format!(
+            "{which} of {} bytes is larger than max_message ({}) of instance {instance}",
+            b.len(),
+            crate::units::Size(max_message)
+        )
+    };
+    Some(if bodies.len() > 1 {
+        format!("{why}; nothing in this batch was queued")
+    } else {
+        why
+    })
+}
+
+/// `peerctl drop`: the operator gives up on one queued message for a peer.
+fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
+    if !ctx.cfg.peers.iter().any(|p| p.name == peer) {
+        let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+        return Response::Error {
+            kind: ErrorKind::Rejected,
+            message: format!("no peer {peer:?}; the peers are {}", names.join(", ")),
+        };
+    }
+    match ctx.journal.drop_record(&peer, seq) {
+        Ok(()) => {
+            tracing::warn!(
+                peer = %peer,
+                "the operator dropped queued message {seq} for {peer} (peerctl drop): it will not \
+                 be delivered, and {peer} is told it is lost"
+            );
+            Response::Dropped { peer, seq }
+        }
+        Err(message) => Response::Error {
+            kind: ErrorKind::Rejected,
+            message,
+        },
     }
 }
 
@@ -306,22 +467,28 @@ async fn tail(
     ctx: &Control,
     start: TailStart,
     follow: bool,
+    origin: Option<String>,
     mut reader: Reader<RecvHalf>,
     mut writer: Writer<SendHalf>,
 ) {
-    let mut watch = ctx.journal.watch_inbox();
-    let head = *watch.borrow_and_update();
-    let mut next = match start {
-        TailStart::From(seq) => seq.max(1),
-        TailStart::Last(n) => head.saturating_sub(n).max(1),
-    };
+    let mut cursor = Cursor::new(&ctx.journal, Log::Inbox, 0);
+    let head = cursor.end();
+    cursor.seek(match (start, &origin) {
+        (TailStart::From(seq), _) => seq.max(1),
+        (TailStart::Last(n), None) => head.saturating_sub(n).max(1),
+        (TailStart::Last(n), Some(o)) => {
+            let (journal, o) = (ctx.journal.clone(), o.clone());
+            tokio::task::spawn_blocking(move || journal.last_from(n, &o, head))
+                .await
+                .unwrap_or(Ok(head))
+                .unwrap_or(head)
+        }
+    });
     let mut caught_up = false;
     loop {
-        let read = match ctx
-            .journal
-            .read_inbox(next, TAIL_CHUNK, (MAX_FRAME / 2) as u64)
-        {
-            Ok(r) => r,
+        let at = cursor.next;
+        let mut chunk = match cursor.read_inbox(TAIL_CHUNK, TAIL_BATCH_BYTES as u64).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!("tail: {e}");
                 let _ = frame::send(
@@ -335,23 +502,23 @@ async fn tail(
                 return;
             }
         };
-        if read.first > next {
+        if let Some((from, resume_at)) = chunk.gap {
             // Only a gap in what was asked for: history before the inbox
             // began at 1 was never there to lose.
-            let gap = Response::Gap {
-                from: next,
-                resume_at: read.first,
-            };
-            if frame::send(&mut writer, &gap).await.is_err() {
+            if frame::send(&mut writer, &Response::Gap { from, resume_at })
+                .await
+                .is_err()
+            {
                 return;
             }
-            next = read.first;
         }
-        if read.next > next {
-            // (Loss notices and tombstones move `next` without entries.)
-            next = read.next;
-            if !read.entries.is_empty()
-                && frame::send(&mut writer, &Response::Entries(read.entries))
+        if cursor.next > at.max(chunk.gap.map_or(0, |g| g.1)) {
+            // (Loss notices and tombstones move the cursor without entries.)
+            if let Some(o) = &origin {
+                chunk.entries.retain(|e| &e.origin == o);
+            }
+            if !chunk.entries.is_empty()
+                && frame::send(&mut writer, &Response::Entries(chunk.entries))
                     .await
                     .is_err()
             {
@@ -361,6 +528,7 @@ async fn tail(
         }
         if !caught_up {
             caught_up = true;
+            let next = cursor.next;
             if frame::send(&mut writer, &Response::CaughtUp { next })
                 .await
                 .is_err()
@@ -371,7 +539,7 @@ async fn tail(
         }
         // Wait for more, or for the client to go away.
         tokio::select! {
-            changed = watch.changed() => if changed.is_err() { return },
+            more = cursor.wait() => if !more { return },
             r = frame::recv::<Request, _>(&mut reader) => {
                 if let Ok(Some(_)) = r {
                     bad_request(&mut writer, "no requests are taken while tailing".into()).await;
@@ -379,5 +547,118 @@ async fn tail(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Options;
+
+    fn control(dir: &std::path::Path, extra: &str) -> Control {
+        let cfg = Config::parse("a", extra, "a.toml").unwrap();
+        let journal = Journal::open(Options {
+            dir: dir.to_path_buf(),
+            peers: vec!["b".into()],
+            outbox_limit_bytes: 1 << 30,
+            outbox_limit_messages: 1 << 20,
+            inbox_retention_bytes: 1 << 30,
+            inbox_retention_age: None,
+            fsync: false,
+            segment_bytes: 1 << 20,
+        })
+        .unwrap();
+        Control {
+            cfg: Arc::new(cfg),
+            journal,
+            boards: Vec::new(),
+            started_ms: 0,
+            listen: String::new(),
+            socket: String::new(),
+            state_dir: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn sends_are_numbered_in_the_order_they_arrive_whichever_reply_is_awaited_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = control(dir.path(), "");
+        let (first, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"1".to_vec(), b"2".to_vec()],
+            false,
+            Vec::new(),
+        );
+        let (second, _) = send(
+            &ctx,
+            ctx.journal.reserve().await,
+            vec![b"3".to_vec()],
+            false,
+            Vec::new(),
+        );
+        // The second reply is polled first: the numbers do not follow.
+        assert_eq!(second.await, [Response::Sent { first: 3, last: 3 }]);
+        assert_eq!(first.await, [Response::Sent { first: 1, last: 2 }]);
+        ctx.journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn empty_and_oversized_messages_are_refused_naming_max_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = control(dir.path(), "max_message = \"1KiB\"");
+        let refused = |r: Vec<Response>| match &r[..] {
+            [
+                Response::Error {
+                    kind: ErrorKind::Rejected,
+                    message,
+                },
+            ] => message.clone(),
+            other => panic!("{other:?}"),
+        };
+        let m = refused(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1025]],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
+        );
+        assert_eq!(
+            m,
+            "message of 1025 bytes is larger than max_message (1KiB) of instance a"
+        );
+        let m = refused(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![b"x".to_vec(), Vec::new()],
+                false,
+                Vec::new(),
+            )
+            .0
+            .await,
+        );
+        assert_eq!(
+            m,
+            "message 2 of this batch is empty; empty messages are never stored; nothing in this batch was queued"
+        );
+        // Nothing of either was stored; exactly max_message is fine.
+        assert_eq!(
+            send(
+                &ctx,
+                ctx.journal.reserve().await,
+                vec![vec![0; 1024]],
+                false,
+                Vec::new()
+            )
+            .0
+            .await,
+            [Response::Sent { first: 1, last: 1 }]
+        );
+        ctx.journal.close().await;
     }
 }

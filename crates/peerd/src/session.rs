@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
 use crate::handshake::Established;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Cursor, Journal, JournalError, Log};
 use crate::status::PeerBoard;
 use crate::transport::{Liveness, Ws};
 use crate::wire::{
@@ -51,6 +51,10 @@ const WINDOW_BATCHES: usize = 256;
 /// a sender's window, so only a peer that ignores the window ever waits
 /// here (and then it is slowed down instead of filling our memory).
 const PENDING_BYTES: u64 = 2 * WINDOW_BYTES;
+
+/// Inbox writes of one session waiting for their acks, at most (the
+/// bytes they hold are bounded by [`PENDING_BYTES`] too).
+const PENDING_WRITES: usize = 2 * WINDOW_BATCHES;
 
 /// How long a session that sent its close frame waits for the answer.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -93,24 +97,22 @@ impl Session {
         let peer_epoch = est.hello.epoch;
         // Where to resume: the peer told us what it expects next. If it
         // knows our epoch, everything below that is in its inbox already.
-        let start = if est.hello.expect_epoch == my_epoch {
+        let resume = resume(
+            my_epoch,
+            (est.hello.expect_epoch, est.hello.expect_next),
+            self.journal.peer(&self.peer).acked_next,
+            self.journal.outbox_first(),
+        );
+        if est.hello.expect_epoch == my_epoch {
             self.journal.ack(&self.peer, est.hello.expect_next);
-            est.hello.expect_next.max(self.journal.outbox_first())
-        } else {
-            self.journal
-                .peer(&self.peer)
-                .acked_next
-                .max(self.journal.outbox_first())
-        };
-        // The peer expects records our outbox no longer holds: its inbox
-        // went back in time (a restored backup) past what we kept after
-        // its acks. Say so, loudly and once, instead of skipping them.
-        let lost_first = (est.hello.expect_epoch == my_epoch && est.hello.expect_next < start)
-            .then_some(est.hello.expect_next);
+        }
+        let start = resume.from;
         let peer_max_frame = est.hello.max_frame.max(FRAME_OVERHEAD + 1);
+        self.board
+            .update(|s| s.peer_max_message = Some(peer_max_frame - FRAME_OVERHEAD));
         let (sink, stream) = est.ws.split();
         let budget = Arc::new(Semaphore::new(PENDING_BYTES as usize));
-        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let (pending_tx, pending_rx) = mpsc::channel::<Pending>(PENDING_WRITES);
         let (ack_out_tx, ack_out_rx) = watch::channel(0u64);
         let (acked_tx, acked_rx) = watch::channel(start);
         let duplicate = AtomicBool::new(false);
@@ -122,7 +124,7 @@ impl Session {
         tokio::pin!(receive);
         let send = self.send(
             sink,
-            (lost_first.unwrap_or(start), start),
+            resume,
             peer_epoch,
             peer_max_frame,
             ack_out_rx,
@@ -158,7 +160,7 @@ impl Session {
         live: &Liveness,
         peer_epoch: u64,
         budget: Arc<Semaphore>,
-        pending: mpsc::UnboundedSender<Pending>,
+        pending: mpsc::Sender<Pending>,
         acked: watch::Sender<u64>,
         duplicate: &AtomicBool,
     ) -> Result<(), String> {
@@ -188,7 +190,12 @@ impl Session {
                 Message::Binary(bytes) => match PeerFrame::decode(&bytes)
                     .map_err(|e| format!("bad frame from peer: {e}"))?
                 {
-                    PeerFrame::Data { epoch, records } => {
+                    PeerFrame::Data {
+                        epoch,
+                        from,
+                        next,
+                        records,
+                    } => {
                         if epoch != peer_epoch {
                             return Err(format!(
                                 "data of epoch {epoch} in a session of epoch {peer_epoch}"
@@ -203,12 +210,24 @@ impl Session {
                             .acquire_many_owned(cost)
                             .await
                             .map_err(|_| "session closing".to_string())?;
-                        let write = self.journal.append_inbox(self.peer.clone(), epoch, records);
-                        let _ = pending.send(Box::pin(async move {
-                            let stored = write.await;
-                            drop(permit);
-                            stored
-                        }));
+                        if from > next || records.iter().any(|r| r.seq < from || r.seq >= next) {
+                            return Err(format!("bad Data {from}..{next} from peer"));
+                        }
+                        let slot = self.journal.reserve().await;
+                        let write = self.journal.append_inbox(
+                            slot,
+                            self.peer.clone(),
+                            epoch,
+                            (from, next),
+                            records,
+                        );
+                        let _ = pending
+                            .send(Box::pin(async move {
+                                let stored = write.await;
+                                drop(permit);
+                                stored
+                            }))
+                            .await;
                     }
                     PeerFrame::Lost { epoch, from, next } => {
                         if epoch != peer_epoch || from >= next {
@@ -220,10 +239,11 @@ impl Session {
                         if self.journal.peer(&self.peer).recv_next < next {
                             lost = Some((from, next));
                         }
-                        let write = self
-                            .journal
-                            .append_lost(self.peer.clone(), epoch, from, next);
-                        let _ = pending.send(Box::pin(write));
+                        let slot = self.journal.reserve().await;
+                        let write =
+                            self.journal
+                                .append_lost(slot, self.peer.clone(), epoch, from, next);
+                        let _ = pending.send(Box::pin(write)).await;
                     }
                     PeerFrame::Ack { epoch, next } => {
                         if epoch == self.journal.epoch() {
@@ -275,13 +295,13 @@ impl Session {
         }
     }
 
+    /// `resume`: where the peer stands (and what it expects that we no
+    /// longer hold); see [`Resume`].
     #[allow(clippy::too_many_arguments)]
-    /// `start`: (where the peer expects us to start, where our outbox
-    /// does); they differ only when the records in between are lost.
     async fn send(
         &self,
         mut sink: SplitSink<Ws, Message>,
-        start: (u64, u64),
+        resume: Resume,
         peer_epoch: u64,
         peer_max_frame: u64,
         mut ack_out: watch::Receiver<u64>,
@@ -289,7 +309,6 @@ impl Session {
         mut close: oneshot::Receiver<CloseReason>,
         mut failed: oneshot::Receiver<String>,
     ) -> Result<String, String> {
-        let mut outbox = self.journal.watch_outbox();
         let mut ping = tokio::time::interval(self.cfg.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let my_epoch = self.journal.epoch();
@@ -297,15 +316,22 @@ impl Session {
         // (last seq of a batch, its memory cost) for every unacknowledged batch.
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
-        let mut next = start.1;
-        if start.0 < start.1 {
+        // Where the peer stands: every record of ours below it that is for
+        // it is in its inbox (as far as what we sent goes).
+        let mut cursor = resume.from;
+        // The record we are holding on (too big for the peer), if any.
+        let mut held: Option<u64> = None;
+        let peer_max_message = peer_max_frame - FRAME_OVERHEAD;
+        if let Some((from, to)) = resume.lost {
             let why = "its inbox went back in time (restored from a backup?) past what we kept \
                        after it had acknowledged them";
-            self.report_lost(&mut sink, my_epoch, (start.0, start.1), why)
+            self.report_lost(&mut sink, my_epoch, (from, to), why)
                 .await?;
-            in_flight.push_back((start.1 - 1, RECORD_MEMORY));
+            in_flight.push_back((to - 1, RECORD_MEMORY));
             in_flight_bytes += RECORD_MEMORY;
+            cursor = to;
         }
+        let mut reader = Cursor::new(&self.journal, Log::Outbox, cursor.max(resume.read_at));
         loop {
             // A close request wins over more data: under a steady stream
             // the select below is rarely reached, and SIGTERM must still
@@ -328,39 +354,86 @@ impl Session {
             }
             let window_open = in_flight_bytes < WINDOW_BYTES && in_flight.len() < WINDOW_BATCHES;
             if window_open {
-                outbox.borrow_and_update();
-                let read = self
-                    .journal
-                    .read_outbox(next, batch_bytes)
+                let read = reader
+                    .read_outbox(batch_bytes, &self.peer)
+                    .await
                     .map_err(|e| e.to_string())?;
                 if let Some((from, to)) = read.lost {
                     // Tombstones: records `peerd journal repair` dropped.
                     let why = "`peerd journal repair` dropped them from our outbox as damaged";
-                    self.report_lost(&mut sink, my_epoch, (from, to), why)
+                    self.report_lost(&mut sink, my_epoch, (from.max(cursor), to), why)
                         .await?;
-                    next = to;
+                    cursor = to;
+                    reader.seek(to);
                     in_flight.push_back((to - 1, RECORD_MEMORY));
                     in_flight_bytes += RECORD_MEMORY;
                     continue;
                 }
-                let records = read.records;
-                if let Some(last) = records.last().map(|r| r.seq) {
+                let mut records = read.records;
+                let mut upto = read.next;
+                // A record the operator dropped, or one the peer cannot
+                // take, stops the batch: what comes before it goes now.
+                let dropped = self.journal.dropped(&self.peer);
+                let stop = records.iter().position(|r| {
+                    dropped.contains(&r.seq) || r.body.len() as u64 > peer_max_message
+                });
+                let mut stopper = None;
+                if let Some(i) = stop {
+                    let r = &records[i];
+                    stopper = Some((r.seq, r.body.len()));
+                    upto = r.seq;
+                    records.truncate(i);
+                }
+                if upto > cursor {
+                    // Records for the peer, and the stretch they come from
+                    // (the rest of it is for other peers).
                     let bytes = body_bytes(&records);
-                    let cost = memory_cost(&records);
+                    let cost = memory_cost(&records) + RECORD_MEMORY;
                     let n = records.len() as u64;
-                    next = last + 1;
                     send(
                         &mut sink,
                         &PeerFrame::Data {
                             epoch: my_epoch,
+                            from: cursor,
+                            next: upto,
                             records,
                         },
                     )
                     .await?;
-                    in_flight.push_back((last, cost));
+                    in_flight.push_back((upto - 1, cost));
                     in_flight_bytes += cost;
-                    self.journal.count_sent(&self.peer, n, bytes);
+                    cursor = upto;
+                    reader.seek(upto);
+                    if n > 0 {
+                        self.journal.count_sent(&self.peer, n, bytes);
+                    }
+                    if stopper.is_none() && held.take().is_some() {
+                        self.board.update(|s| s.held = None);
+                    }
                     continue;
+                }
+                if let Some((seq, len)) = stopper {
+                    if dropped.contains(&seq) {
+                        let why = "the operator dropped it (`peerctl drop`)";
+                        self.report_lost(&mut sink, my_epoch, (seq, seq + 1), why)
+                            .await?;
+                        cursor = seq + 1;
+                        reader.seek(seq + 1);
+                        in_flight.push_back((seq, RECORD_MEMORY));
+                        in_flight_bytes += RECORD_MEMORY;
+                        continue;
+                    }
+                    if held != Some(seq) {
+                        held = Some(seq);
+                        let why = format!(
+                            "message {seq} ({len} bytes) is larger than {}'s max_message ({} \
+                             bytes): raise max_message on {} or drop that message with \
+                             `peerctl drop --peer {} {seq}`",
+                            self.peer, peer_max_message, self.peer, self.peer
+                        );
+                        tracing::warn!(peer = %self.peer, "queue held: {why}");
+                        self.board.update(|s| s.held = Some(why));
+                    }
                 }
             }
             tokio::select! {
@@ -375,13 +448,52 @@ impl Session {
                     send(&mut sink, &PeerFrame::Ack { epoch: peer_epoch, next }).await?;
                 }
                 Ok(()) = acked.changed() => {}
-                Ok(()) = outbox.changed(), if window_open => {}
+                true = reader.wait(), if window_open => {}
                 _ = ping.tick() => {
                     let stamp = now_us().to_be_bytes();
                     sink.send(Message::Ping(stamp.to_vec().into())).await.map_err(|e| e.to_string())?;
                 }
             }
         }
+    }
+}
+
+/// Where a session starts sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Where the peer stands: what it expects next from us.
+    pub from: u64,
+    /// Records it expects that are gone here (reported as lost first).
+    pub lost: Option<(u64, u64)>,
+    /// Where our outbox starts (reading starts at `from` or here).
+    pub read_at: u64,
+}
+
+/// Where to resume, from the peer's Hello (`expects`: the epoch and seq
+/// it expects of ours), what the peer had acknowledged before (`acked`)
+/// and where our outbox starts (`first`). Pure, so the cases are tested.
+///
+/// When the peer knows our epoch it stands at what it expects. Records
+/// below our outbox start are deleted; those it had acknowledged and now
+/// expects again are lost to it (its inbox went back in time); any others
+/// were for other peers (a segment is only deleted when every peer with
+/// something queued in it has it). When it does not know our epoch, it
+/// starts over with us from our oldest record it has not acknowledged.
+pub fn resume(my_epoch: u64, expects: (u64, u64), acked: u64, first: u64) -> Resume {
+    let (epoch, next) = expects;
+    if epoch != my_epoch {
+        let from = acked.max(first);
+        return Resume {
+            from,
+            lost: None,
+            read_at: from,
+        };
+    }
+    let lost_end = acked.min(first);
+    Resume {
+        from: next,
+        lost: (next < lost_end).then_some((next, lost_end)),
+        read_at: next.max(first),
     }
 }
 
@@ -454,7 +566,7 @@ fn close_reason_text(why: &str) -> &str {
 /// that fails hands its reason to the send loop, which closes the session
 /// with it; nothing after it is acked.
 async fn acks(
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    mut pending: mpsc::Receiver<Pending>,
     ack_out: watch::Sender<u64>,
     failed: oneshot::Sender<String>,
 ) {
@@ -509,4 +621,51 @@ fn body_bytes(records: &[Record]) -> u64 {
 fn now_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Resume, resume};
+
+    #[test]
+    fn resume_points() {
+        // A peer that knows our epoch stands where it says.
+        assert_eq!(
+            resume(7, (7, 40), 30, 1),
+            Resume {
+                from: 40,
+                lost: None,
+                read_at: 40
+            }
+        );
+        // Records below our outbox start it never acknowledged were for
+        // other peers: no loss, it just moves past them.
+        assert_eq!(
+            resume(7, (7, 40), 40, 100),
+            Resume {
+                from: 40,
+                lost: None,
+                read_at: 100
+            }
+        );
+        // It acknowledged up to 90 before and now expects 40 again: what
+        // is gone of that is lost to it.
+        assert_eq!(
+            resume(7, (7, 40), 90, 60),
+            Resume {
+                from: 40,
+                lost: Some((40, 60)),
+                read_at: 60
+            }
+        );
+        // A peer that does not know our epoch starts over with us.
+        assert_eq!(
+            resume(7, (3, 5), 30, 10),
+            Resume {
+                from: 30,
+                lost: None,
+                read_at: 30
+            }
+        );
+    }
 }

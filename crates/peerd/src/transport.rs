@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -104,5 +105,37 @@ impl AsyncWrite for Watched {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Keepalive probes after a connection was silent for `dead_after`, one
+/// every `heartbeat`, this many unanswered and the kernel drops it.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// TCP keepalive on an accepted connection, so a client whose host
+/// vanished (no FIN, no RST) is noticed by TCP itself after about
+/// `dead_after + 3 × heartbeat` of silence, whether or not the client ever
+/// reads or answers a WebSocket ping (plain clients need not). Best effort:
+/// a socket that refuses it still works.
+pub fn keepalive(tcp: &TcpStream, cfg: &Config) {
+    let ka = socket2::TcpKeepalive::new().with_time(cfg.dead_after);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let ka = ka.with_interval(cfg.heartbeat);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let ka = ka.with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
     }
 }

@@ -14,7 +14,7 @@
 //! |---------|-------------------------------|-----------------------------------------------------|
 //! | `Hello` | first frame each way          | node, [`WIRE_VERSION`], software, journal epoch, what it expects from the other (epoch, next seq), largest frame it takes, auth [`Nonce`] (or none: no secret) |
 //! | `Auth`  | after both Hellos, with a secret | HMAC-SHA256 proof (`auth`), dialler's first     |
-//! | `Data`  | after the handshake           | a batch of consecutive records of the sender's outbox |
+//! | `Data`  | after the handshake           | the sender's records `from..next` that are for the receiver (the rest of that stretch is addressed to other peers) |
 //! | `Ack`   | after the handshake           | cumulative: every record of that epoch below `next` is durable |
 //! | `Lost`  | after the handshake           | records `from..next` of the sender's epoch are gone and will never come |
 //!
@@ -42,7 +42,7 @@
 //! with `node` and `version` in every version, so a Hello that does not
 //! decode still tells which version the peer speaks, and the refusal says
 //! what differs. (Version 1 had no nonce and no `Auth`; version 2 no
-//! `Lost`.)
+//! `Lost`, and `Data` had no `from..next`.)
 //!
 //! # Delivery rule
 //!
@@ -120,8 +120,12 @@ pub const BATCH_TARGET: u64 = 256 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     Hello(Hello),
+    /// The sender's records `from..next` that are for the receiver (the
+    /// others in that stretch are for other peers: `send --to`).
     Data {
         epoch: u64,
+        from: u64,
+        next: u64,
         records: Vec<Record>,
     },
     Ack {
@@ -228,6 +232,8 @@ mod tests {
             }),
             PeerFrame::Data {
                 epoch: 42,
+                from: 1,
+                next: 2,
                 records: vec![Record {
                     seq: 1,
                     sent_ms: 5,

@@ -36,8 +36,20 @@ fn frame() -> impl Strategy<Value = PeerFrame> {
         .prop_map(|(seq, sent_ms, body)| Record { seq, sent_ms, body });
     prop_oneof![
         hello(),
-        (any::<u64>(), prop::collection::vec(record, 0..8))
-            .prop_map(|(epoch, records)| PeerFrame::Data { epoch, records }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(record, 0..8)
+        )
+            .prop_map(|(epoch, from, next, records)| PeerFrame::Data {
+                epoch,
+                from,
+                next,
+                records
+            }),
+        (any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(epoch, from, next)| PeerFrame::Lost { epoch, from, next }),
         (any::<u64>(), any::<u64>()).prop_map(|(epoch, next)| PeerFrame::Ack { epoch, next }),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(|proof| PeerFrame::Auth { proof }),
     ]

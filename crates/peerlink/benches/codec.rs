@@ -15,6 +15,7 @@ fn send_request(size: usize, count: usize) -> Request {
     Request::Send {
         bodies: vec![vec![b'x'; size]; count],
         wait: false,
+        to: Vec::new(),
     }
 }
 

@@ -14,9 +14,10 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The largest value any caller may decode: larger than any frame we accept
-/// (the framing layers bound frames well below this), so it only ever bites
-/// on a lying length prefix inside a value.
-pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+/// (a message of the largest `max_message`, 64 MiB, plus at most 1 MiB of
+/// framing; the framing layers bound frames below this), so it only ever
+/// bites on a lying length prefix inside a value.
+pub const DECODE_LIMIT: usize = 80 * 1024 * 1024;
 
 type Config = bincode::config::Configuration<
     bincode::config::LittleEndian,
@@ -98,6 +99,17 @@ pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), Cod
 /// Decode exactly one value from `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+/// Decode exactly one value that may borrow from `bytes` (`&str` and
+/// `&[u8]` fields point into the frame instead of being copied out).
+pub fn decode_borrowed<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));

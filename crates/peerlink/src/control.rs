@@ -28,38 +28,77 @@
 //! # Limits and trust
 //!
 //! The socket is mode 0600 (0660 under a service manager): whoever can open
-//! it may send and read messages. Even so, every frame is bounded by
-//! [`MAX_FRAME`]; a frame over it, an undecodable frame or an unexpected
-//! request gets an [`Response::Error`] and the connection is closed, while
-//! the daemon and its other clients carry on.
+//! it may send and read messages. Even so, every frame is bounded, and the
+//! length prefix is checked before the body is read: a request by
+//! [`request_limit`] of the daemon's `max_message` (which its Hello states,
+//! so `peerctl` refuses a too-big message itself, naming `max_message`), a
+//! response by [`MAX_FRAME`]. A frame over the limit, an undecodable frame
+//! or an unexpected request gets an [`Response::Error`] and the connection
+//! is closed, while the daemon and its other clients carry on.
+//!
+//! Every message up to `max_message` fits in one frame: a `Send` of one
+//! body, and a `Tail`'s `Entries` (the daemon puts at most
+//! [`TAIL_BATCH_BYTES`] of bodies in one, or a single entry of any size).
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
+/// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
+/// the journal's storage error, loss counters, peer limits and held queues;
+/// `Drop`; `Send` has `to` and `Tail` `origin`.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest control frame either side sends or accepts.
-pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// The largest `max_message` a daemon may be configured with.
+pub const MAX_MESSAGE_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// How many bytes of bodies `peerctl` puts in one `Send` request, leaving
-/// room in [`MAX_FRAME`] for the framing and per-body overhead.
+/// Room in a frame for everything but message bodies: the frame's value,
+/// and per body its length and (for `Entries`) its fields.
+pub const FRAME_OVERHEAD: usize = 1024 * 1024;
+
+/// How many bytes of bodies `peerctl` puts in one `Send` request (one body
+/// larger than this goes alone).
 pub const SEND_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many bytes of bodies the daemon puts in one `Entries` reply (one
+/// entry larger than this goes alone).
+pub const TAIL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest control frame either side sends, and the largest response
+/// `peerctl` accepts: one message of the largest `max_message`, or a batch,
+/// plus overhead.
+pub const MAX_FRAME: usize = MAX_MESSAGE_LIMIT as usize + FRAME_OVERHEAD;
+
+/// Largest request a daemon with this `max_message` reads: a `Send` of one
+/// message that size, or a batch of [`SEND_BATCH_BYTES`], plus overhead.
+pub fn request_limit(max_message: u64) -> usize {
+    let max_message = max_message.min(MAX_MESSAGE_LIMIT) as usize;
+    max_message.max(SEND_BATCH_BYTES) + FRAME_OVERHEAD
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Must be first; states the client's protocol version.
     Hello { version: u32, client: String },
-    /// Append these messages to the outbox.
+    /// Append these messages to the outbox, for the peers in `to` (every
+    /// peer when empty).
     Send {
         #[serde(with = "crate::codec::byte_lists")]
         bodies: Vec<Vec<u8>>,
         wait: bool,
+        to: Vec<String>,
     },
-    /// Read the inbox.
-    Tail { start: TailStart, follow: bool },
+    /// Read the inbox (only what came from `origin`, when given).
+    Tail {
+        start: TailStart,
+        follow: bool,
+        origin: Option<String>,
+    },
     /// The daemon's and its links' state.
     Status,
+    /// Never send queued message `seq` to `peer` (one it cannot take);
+    /// the peer is told it is lost.
+    Drop { peer: String, seq: u64 },
 }
 
 /// Where a `Tail` starts reading the inbox.
@@ -78,6 +117,8 @@ pub enum Response {
         version: u32,
         daemon_version: String,
         instance: String,
+        /// The daemon's `max_message`: larger messages are refused.
+        max_message: u64,
     },
     /// The bodies of one `Send` are durable with outbox sequence numbers
     /// `first..=last` (`first > last` for an empty request).
@@ -101,6 +142,11 @@ pub enum Response {
         next: u64,
     },
     Status(Box<Status>),
+    /// A `Drop` was done.
+    Dropped {
+        peer: String,
+        seq: u64,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -139,6 +185,53 @@ pub struct Entry {
     pub origin_seq: u64,
     #[serde(with = "crate::codec::bytes")]
     pub body: Vec<u8>,
+}
+
+/// An [`Entry`] read in place from a received frame: the origin and body
+/// point into the frame, so a client showing a batch copies and allocates
+/// nothing per entry. Same fields, same order, same encoding as [`Entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub received_ms: u64,
+    pub sent_ms: u64,
+    pub origin: &'a str,
+    pub origin_seq: u64,
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a Entry> for EntryRef<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryRef {
+            seq: e.seq,
+            received_ms: e.received_ms,
+            sent_ms: e.sent_ms,
+            origin: &e.origin,
+            origin_seq: e.origin_seq,
+            body: &e.body,
+        }
+    }
+}
+
+/// If `frame` holds a [`Response::Entries`], its entries read in place;
+/// `None` for any other response (decode those with [`codec::decode`]).
+/// The wire format is [`Response`]'s: this only reads it without copying.
+///
+/// [`codec::decode`]: crate::codec::decode
+pub fn entries_view(frame: &[u8]) -> Option<Result<Vec<EntryRef<'_>>, crate::codec::CodecError>> {
+    // The variant's tag, as the codec writes it: an empty `Entries` is the
+    // tag followed by a zero length (one byte).
+    static TAG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let tag = TAG.get_or_init(|| {
+        let mut t = crate::codec::encode(&Response::Entries(Vec::new())).unwrap_or_default();
+        t.pop();
+        t
+    });
+    if tag.is_empty() {
+        return None;
+    }
+    let rest = frame.strip_prefix(tag.as_slice())?;
+    Some(crate::codec::decode_borrowed(rest))
 }
 
 /// `peerctl status`: the daemon and each of its links.
@@ -217,6 +310,12 @@ pub struct PeerStatus {
     /// the journal), and how many of them since this daemon started.
     pub msgs_lost: u64,
     pub msgs_lost_since_start: u64,
+    /// The largest message the peer takes (its `max_message`, from its
+    /// last handshake); `None` until it has connected once.
+    pub peer_max_message: Option<u64>,
+    /// Why the queue to this peer is held (a message it cannot take), and
+    /// how to unblock it.
+    pub held: Option<String>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
 }
@@ -245,6 +344,8 @@ impl PeerStatus {
             reconnects: 0,
             msgs_lost: 0,
             msgs_lost_since_start: 0,
+            peer_max_message: None,
+            held: None,
             last_error: None,
             last_error_ms: None,
         }
@@ -264,6 +365,7 @@ mod tests {
             version: 1,
             daemon_version: "x".into(),
             instance: "a".into(),
+            max_message: 1,
         })
         .unwrap();
         assert_eq!(&bytes[..2], &[0, 1]);
@@ -276,16 +378,84 @@ mod tests {
     }
 
     #[test]
+    fn every_message_up_to_max_message_fits_a_frame() {
+        for max in [1, 1 << 20, 10 << 20, MAX_MESSAGE_LIMIT] {
+            let send = Request::Send {
+                bodies: vec![vec![0; max as usize]],
+                wait: true,
+                to: vec!["a-peer-name-of-32-characters-xyz".into(); 16],
+            };
+            let len = codec::encode(&send).unwrap().len();
+            assert!(len <= request_limit(max) && len <= MAX_FRAME, "{max}");
+        }
+        // A tail reply: one entry of the largest size, or a batch of small
+        // ones with long origins.
+        let entry = |len: usize| Entry {
+            seq: u64::MAX,
+            received_ms: u64::MAX,
+            sent_ms: u64::MAX,
+            origin: format!("client:[{}]:65535", "ffff:".repeat(7) + "ffff"),
+            origin_seq: u64::MAX,
+            body: vec![0; len],
+        };
+        let one = Response::Entries(vec![entry(MAX_MESSAGE_LIMIT as usize)]);
+        assert!(codec::encode(&one).unwrap().len() <= MAX_FRAME);
+        let many = Response::Entries(vec![entry(TAIL_BATCH_BYTES / 1000); 1000]);
+        assert!(codec::encode(&many).unwrap().len() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn entries_read_in_place_as_decoded() {
+        let entries = vec![
+            Entry {
+                seq: 1,
+                received_ms: 2,
+                sent_ms: 3,
+                origin: "b".into(),
+                origin_seq: 4,
+                body: b"hi".to_vec(),
+            },
+            Entry {
+                seq: u64::MAX,
+                received_ms: 1 << 40,
+                sent_ms: 0,
+                origin: "client:127.0.0.1:9".into(),
+                origin_seq: 0,
+                body: vec![0xff, 0, b'\n'],
+            },
+        ];
+        let bytes = codec::encode(&Response::Entries(entries.clone())).unwrap();
+        let view = entries_view(&bytes).unwrap().unwrap();
+        let want: Vec<EntryRef> = entries.iter().map(EntryRef::from).collect();
+        assert_eq!(view, want);
+        let empty = codec::encode(&Response::Entries(Vec::new())).unwrap();
+        assert_eq!(entries_view(&empty).unwrap().unwrap(), vec![]);
+        for other in [
+            Response::CaughtUp { next: 3 },
+            Response::Gap {
+                from: 1,
+                resume_at: 2,
+            },
+        ] {
+            assert!(entries_view(&codec::encode(&other).unwrap()).is_none());
+        }
+        // A truncated batch is an error, not a shorter batch.
+        assert!(entries_view(&bytes[..bytes.len() - 1]).unwrap().is_err());
+    }
+
+    #[test]
     fn requests_round_trip() {
         for r in [
             Request::Status,
             Request::Send {
                 bodies: vec![b"hi".to_vec(), vec![]],
                 wait: true,
+                to: vec!["b".into()],
             },
             Request::Tail {
                 start: TailStart::From(3),
                 follow: true,
+                origin: Some("b".into()),
             },
         ] {
             assert_eq!(

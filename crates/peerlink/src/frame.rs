@@ -56,10 +56,23 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
+    match recv_frame(reader).await? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+    }
+}
+
+/// Read one frame's body, undecoded (it is split off the read buffer, not
+/// copied), for callers that decode a borrowed view of it
+/// ([`codec::decode_borrowed`]); `Ok(None)` is a clean end of stream.
+pub async fn recv_frame<R>(reader: &mut Reader<R>) -> Result<Option<bytes::BytesMut>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let limit = reader.decoder().max_frame_length();
     match reader.next().await {
         None => Ok(None),
-        Some(Ok(bytes)) => Ok(Some(codec::decode(&bytes)?)),
+        Some(Ok(bytes)) => Ok(Some(bytes)),
         Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             Err(FrameError::TooLarge { limit })
         }

@@ -16,16 +16,27 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u32>(), ".{0,20}").prop_map(|(version, client)| Request::Hello { version, client }),
-        (prop::collection::vec(body(), 0..8), any::<bool>())
-            .prop_map(|(bodies, wait)| Request::Send { bodies, wait }),
-        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(n, from, follow)| Request::Tail {
-            start: if from {
-                TailStart::From(n)
-            } else {
-                TailStart::Last(n)
-            },
-            follow,
-        }),
+        (
+            prop::collection::vec(body(), 0..8),
+            any::<bool>(),
+            prop::collection::vec("[a-z]{1,8}", 0..3)
+        )
+            .prop_map(|(bodies, wait, to)| Request::Send { bodies, wait, to }),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of("[a-z]{1,8}")
+        )
+            .prop_map(|(n, from, follow, origin)| Request::Tail {
+                start: if from {
+                    TailStart::From(n)
+                } else {
+                    TailStart::Last(n)
+                },
+                follow,
+                origin,
+            }),
         Just(Request::Status),
     ]
 }
@@ -51,13 +62,14 @@ fn response() -> impl Strategy<Value = Response> {
         Just(ErrorKind::Internal),
     ];
     prop_oneof![
-        (any::<u32>(), ".{0,10}", "[a-z]{1,8}").prop_map(|(version, daemon_version, instance)| {
-            Response::Hello {
+        (any::<u32>(), ".{0,10}", "[a-z]{1,8}", any::<u64>()).prop_map(
+            |(version, daemon_version, instance, max_message)| Response::Hello {
                 version,
                 daemon_version,
                 instance,
+                max_message,
             }
-        }),
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(first, last)| Response::Sent { first, last }),
         any::<u64>().prop_map(|upto| Response::Delivered { upto }),
         prop::collection::vec(entry(), 0..5).prop_map(Response::Entries),

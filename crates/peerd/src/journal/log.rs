@@ -344,6 +344,8 @@ pub struct Appender {
     committed: Option<Active>,
     /// Bytes appended since the last commit.
     pending_bytes: u64,
+    /// Written since the last sync.
+    unsynced: bool,
 }
 
 impl Appender {
@@ -461,6 +463,17 @@ impl Appender {
     /// commit; returns what to publish to the index. On error, call
     /// [`Appender::rollback`].
     pub fn commit(&mut self) -> io::Result<Vec<SegUpdate>> {
+        let updates = self.write_out()?;
+        self.sync()?;
+        Ok(updates)
+    }
+
+    /// The first half of [`Appender::commit`]: write what was appended
+    /// (to the page cache), not yet synced; returns what to publish. A
+    /// caller that publishes it before [`Appender::sync`] lets readers see
+    /// records that a power loss may still take away (the outbox's early
+    /// send, see `writer`). On error, call [`Appender::rollback`].
+    pub fn write_out(&mut self) -> io::Result<Vec<SegUpdate>> {
         if self.buf_count == 0 && self.sealed.is_empty() {
             return Ok(Vec::new());
         }
@@ -469,25 +482,33 @@ impl Appender {
             return Err(e);
         }
         write_all_at(&self.active.file, &self.buf, self.active.len)?;
-        if self.fsync {
-            self.active.file.sync_data()?;
-            if self.active.new {
-                sync_dir(&self.dir)?;
-            }
-        }
+        self.unsynced = true;
         self.active.len += self.buf.len() as u64;
         self.active.count += self.buf_count;
         if let Some(m) = self.marks.last() {
             self.active.last_mark = *m;
         }
-        self.active.new = false;
         let mut updates = std::mem::take(&mut self.sealed);
         updates.push(self.update(self.active.len, self.active.count));
         self.buf.clear();
         self.buf_count = 0;
         self.pending_bytes = 0;
-        self.committed = None;
         Ok(updates)
+    }
+
+    /// The second half of [`Appender::commit`]: make what was written
+    /// durable (with fsync). Then there is nothing to roll back.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced && self.fsync {
+            self.active.file.sync_data()?;
+            if self.active.new {
+                sync_dir(&self.dir)?;
+            }
+        }
+        self.unsynced = false;
+        self.active.new = false;
+        self.committed = None;
+        Ok(())
     }
 
     /// Undo everything since the last commit: cut the files back and
@@ -644,6 +665,7 @@ pub fn open(
                 sealed: Vec::new(),
                 committed: None,
                 pending_bytes: 0,
+                unsynced: false,
             };
             return Ok((index, appender));
         }

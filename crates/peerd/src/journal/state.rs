@@ -39,6 +39,11 @@ pub struct StateFile {
     pub inbox_checkpoint: u64,
     /// The oldest inbox record not trimmed by retention.
     pub inbox_first: u64,
+    /// Outbox numbers below this may have been sent before their fsync;
+    /// after a shutdown that was not clean they are never reused (layout
+    /// 2; 0 in older files).
+    #[serde(default)]
+    pub outbox_reserved: u64,
     #[serde(default)]
     pub peer: BTreeMap<String, PeerFile>,
 }
@@ -58,6 +63,10 @@ pub struct PeerFile {
     /// README "Durability").
     #[serde(default)]
     pub msgs_lost: u64,
+    /// Queued records of ours the operator dropped for this peer
+    /// (`peerctl drop`), not yet reported to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<u64>,
 }
 
 pub fn hex(v: u64) -> String {
@@ -131,6 +140,7 @@ mod tests {
             epoch: hex(u64::MAX),
             inbox_checkpoint: 3,
             inbox_first: 1,
+            outbox_reserved: 0,
             peer: BTreeMap::new(),
         };
         f.peer.insert(

@@ -22,6 +22,21 @@ fn opts(dir: &Path) -> Options {
     }
 }
 
+/// Store `records` from `origin` as a session would: the stretch they
+/// come from is from the first to just past the last.
+async fn inbox(
+    j: &Journal,
+    origin: String,
+    epoch: u64,
+    records: Vec<Record>,
+) -> Result<u64, JournalError> {
+    let slot = j.reserve().await;
+    let from = records.first().map(|r| r.seq).unwrap_or(1);
+    let next = records.last().map(|r| r.seq + 1).unwrap_or(from);
+    j.append_inbox(slot, origin, epoch, (from, next), records)
+        .await
+}
+
 fn rec(seq: u64, body: &str) -> Record {
     Record {
         seq,
@@ -68,11 +83,20 @@ async fn outbox_numbers_reads_and_trims_by_ack() {
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert!(j.durable());
     assert_eq!(
-        j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()]).await,
+        j.append_outbox(
+            j.reserve().await,
+            vec![b"x".to_vec(), b"y".to_vec()],
+            vec![]
+        )
+        .await,
         Ok((1, 2))
     );
-    assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((3, 3)));
-    let got = j.read_outbox(2, 1 << 20).unwrap().records;
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"z".to_vec()], vec![])
+            .await,
+        Ok((3, 3))
+    );
+    let got = j.read_outbox(2, 1 << 20, "b").unwrap().records;
     assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(got[1].body, b"z");
     let (msgs, bytes, oldest) = j.queued("b");
@@ -80,7 +104,7 @@ async fn outbox_numbers_reads_and_trims_by_ack() {
     assert!(oldest.is_some());
     j.ack("b", 3);
     assert_eq!(j.queued("b").0, 1);
-    assert_eq!(*j.watch_acked().borrow(), 3);
+    assert!(j.delivered(&[], 2) && !j.delivered(&[], 3));
     j.ack("b", 99); // never beyond what exists
     assert_eq!(j.peer("b").acked_next, 4);
     assert_eq!(j.queued("b"), (0, 0, None));
@@ -93,27 +117,41 @@ async fn acked_segments_are_deleted_and_numbering_goes_on() {
     o.outbox_limit_messages = 1_000_000;
     let j = Journal::open(o.clone()).unwrap();
     for _ in 0..10 {
-        j.append_outbox(vec![vec![7u8; 100]; 50]).await.unwrap();
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 50], vec![])
+            .await
+            .unwrap();
     }
     let before = segments(tmp.path(), "outbox");
     assert!(before > 5, "{before}");
     j.ack("b", 501);
     j.checkpoint().await.unwrap();
     assert_eq!(segments(tmp.path(), "outbox"), 1, "only the active segment");
-    assert_eq!(j.read_outbox(501, 1 << 20).unwrap().records, vec![]);
+    assert_eq!(j.read_outbox(501, 1 << 20, "b").unwrap().records, vec![]);
     j.close().await;
     drop(j);
     let j = Journal::open(o).unwrap();
-    assert_eq!(j.append_outbox(vec![b"n".to_vec()]).await, Ok((501, 501)));
-    assert_eq!(j.read_outbox(501, 1 << 20).unwrap().records[0].seq, 501);
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"n".to_vec()], vec![])
+            .await,
+        Ok((501, 501))
+    );
+    assert_eq!(
+        j.read_outbox(501, 1 << 20, "b").unwrap().records[0].seq,
+        501
+    );
 }
 
 #[tokio::test]
 async fn outbox_limit_refuses_and_keeps_what_it_has() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
-    j.append_outbox(vec![vec![1]; 5]).await.unwrap();
-    let e = j.append_outbox(vec![vec![2]]).await.unwrap_err();
+    j.append_outbox(j.reserve().await, vec![vec![1]; 5], vec![])
+        .await
+        .unwrap();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![2]], vec![])
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, JournalError::OutboxFull { queued_msgs: 5, .. }),
         "{e}"
@@ -123,17 +161,26 @@ async fn outbox_limit_refuses_and_keeps_what_it_has() {
         text.contains("5 messages") && text.contains("since 20"),
         "{text}"
     );
-    assert_eq!(j.read_outbox(1, 1 << 20).unwrap().records.len(), 5);
+    assert_eq!(j.read_outbox(1, 1 << 20, "b").unwrap().records.len(), 5);
     // Acks make room again; a byte limit works the same way.
     j.ack("b", 3);
-    assert_eq!(j.append_outbox(vec![vec![3]; 2]).await, Ok((6, 7)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![vec![3]; 2], vec![])
+            .await,
+        Ok((6, 7))
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut o = opts(tmp.path());
     o.outbox_limit_messages = 1000;
     o.outbox_limit_bytes = 100;
     let j = Journal::open(o).unwrap();
-    j.append_outbox(vec![vec![0; 30]; 1]).await.unwrap();
-    let e = j.append_outbox(vec![vec![0; 30]; 1]).await.unwrap_err();
+    j.append_outbox(j.reserve().await, vec![vec![0; 30]; 1], vec![])
+        .await
+        .unwrap();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![0; 30]; 1], vec![])
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -152,23 +199,18 @@ async fn inbox_drops_duplicates_and_handles_new_epochs() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert_eq!(
-        j.append_inbox("b".into(), 7, vec![rec(1, "a"), rec(2, "b")])
-            .await,
+        inbox(&j, "b".into(), 7, vec![rec(1, "a"), rec(2, "b")]).await,
         Ok(3)
     );
     assert_eq!(
-        j.append_inbox("b".into(), 7, vec![rec(2, "b"), rec(3, "c")])
-            .await,
+        inbox(&j, "b".into(), 7, vec![rec(2, "b"), rec(3, "c")]).await,
         Ok(4)
     );
     assert_eq!(origin_seqs(&j), [1, 2, 3]);
     let c = j.counters("b");
     assert_eq!((c.msgs_received, c.bytes_received), (3, 3));
     // The peer's journal was wiped: a new epoch starts over at its seq 1.
-    assert_eq!(
-        j.append_inbox("b".into(), 8, vec![rec(1, "n")]).await,
-        Ok(2)
-    );
+    assert_eq!(inbox(&j, "b".into(), 8, vec![rec(1, "n")]).await, Ok(2));
     assert_eq!(
         j.peer("b"),
         PeerState {
@@ -197,7 +239,9 @@ async fn the_epoch_is_made_once_and_kept() {
     assert_eq!(j1.epoch(), e1);
     assert_eq!(j1.status().epoch, e1);
     // Segments without a state file: refuse rather than guess an epoch.
-    j1.append_outbox(vec![b"x".to_vec()]).await.unwrap();
+    j1.append_outbox(j1.reserve().await, vec![b"x".to_vec()], vec![])
+        .await
+        .unwrap();
     j1.close().await;
     drop(j1);
     std::fs::remove_file(t1.path().join("state.toml")).unwrap();
@@ -210,9 +254,13 @@ async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     let old = j.epoch();
-    j.append_outbox(vec![b"x".to_vec(), b"y".to_vec()])
-        .await
-        .unwrap();
+    j.append_outbox(
+        j.reserve().await,
+        vec![b"x".to_vec(), b"y".to_vec()],
+        vec![],
+    )
+    .await
+    .unwrap();
     j.ack("b", 3);
     j.close().await;
     drop(j);
@@ -221,9 +269,37 @@ async fn an_outbox_behind_what_the_peer_acked_starts_a_new_epoch() {
     for e in std::fs::read_dir(tmp.path().join("outbox")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
+    // The numbers it reserved are voided: the next message is 3, same
+    // epoch, nothing reused.
+    let j = Journal::open(opts(tmp.path())).unwrap();
+    assert_eq!(j.epoch(), old);
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"z".to_vec()], vec![])
+            .await,
+        Ok((3, 3))
+    );
+    j.ack("b", 4);
+    j.close().await;
+    drop(j);
+    // Without a reservation to go by (a state file of layout 1), a new
+    // epoch makes every peer start over with us instead.
+    for e in std::fs::read_dir(tmp.path().join("outbox")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let state = std::fs::read_to_string(tmp.path().join("state.toml")).unwrap();
+    let state: String = state
+        .lines()
+        .filter(|l| !l.starts_with("outbox_reserved"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(tmp.path().join("state.toml"), state).unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert_ne!(j.epoch(), old);
-    assert_eq!(j.append_outbox(vec![b"z".to_vec()]).await, Ok((1, 1)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"z".to_vec()], vec![])
+            .await,
+        Ok((1, 1))
+    );
     j.close().await;
     drop(j);
     let again = Journal::open(opts(tmp.path())).unwrap();
@@ -236,10 +312,14 @@ async fn reopen_after_every_kind_of_write() {
     let dir = tmp.path().join("j");
     let j = Journal::open(opts(&dir)).unwrap();
     let epoch = j.epoch();
-    j.append_outbox(vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()])
-        .await
-        .unwrap();
-    j.append_inbox("b".into(), 7, vec![rec(1, "i1"), rec(2, "i2")])
+    j.append_outbox(
+        j.reserve().await,
+        vec![b"o1".to_vec(), b"o2".to_vec(), b"o3".to_vec()],
+        vec![],
+    )
+    .await
+    .unwrap();
+    inbox(&j, "b".into(), 7, vec![rec(1, "i1"), rec(2, "i2")])
         .await
         .unwrap();
     j.append_local("client:x".into(), b"l1".to_vec())
@@ -254,8 +334,10 @@ async fn reopen_after_every_kind_of_write() {
     crash_copy(&dir, &crashed);
     let c = Journal::open(opts(&crashed)).unwrap();
     assert_eq!(c.epoch(), epoch);
-    assert_eq!(c.status().outbox_next, 4);
-    assert_eq!(c.read_outbox(1, 1 << 20).unwrap().records.len(), 3);
+    // Numbers reserved before the crash (they may have been sent early)
+    // are never reused.
+    assert_eq!(c.status().outbox_next, 4 + (1 << 16));
+    assert_eq!(c.read_outbox(1, 1 << 20, "b").unwrap().records.len(), 3);
     assert_eq!(c.peer("b").recv_epoch, 7);
     assert_eq!(
         c.peer("b").recv_next,
@@ -269,8 +351,7 @@ async fn reopen_after_every_kind_of_write() {
     assert_eq!(tail.entries[2].body, b"l1");
     // A resend after the crash is still dropped.
     assert_eq!(
-        c.append_inbox("b".into(), 7, vec![rec(2, "i2"), rec(3, "i3")])
-            .await,
+        inbox(&c, "b".into(), 7, vec![rec(2, "i2"), rec(3, "i3")]).await,
         Ok(4)
     );
     assert_eq!(origin_seqs(&c), [1, 2, 0, 3]);
@@ -290,10 +371,14 @@ async fn reopen_after_every_kind_of_write() {
         }
     );
     assert_eq!(j.queued("b").0, 2);
-    assert_eq!(*j.watch_acked().borrow(), 2);
+    assert!(j.delivered(&[], 1) && !j.delivered(&[], 2));
     let c = j.counters("b");
     assert_eq!((c.msgs_sent, c.bytes_sent, c.msgs_received), (3, 6, 2));
-    assert_eq!(j.append_outbox(vec![b"o4".to_vec()]).await, Ok((4, 4)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"o4".to_vec()], vec![])
+            .await,
+        Ok((4, 4))
+    );
     assert_eq!(
         j.append_local("client:y".into(), b"l2".to_vec()).await,
         Ok(4)
@@ -308,7 +393,7 @@ async fn a_torn_inbox_tail_loses_only_the_unacked_record() {
     let dir = tmp.path().join("j");
     let j = Journal::open(opts(&dir)).unwrap();
     for i in 1..=3 {
-        j.append_inbox("b".into(), 7, vec![rec(i, "message")])
+        inbox(&j, "b".into(), 7, vec![rec(i, "message")])
             .await
             .unwrap();
     }
@@ -332,10 +417,7 @@ async fn a_torn_inbox_tail_loses_only_the_unacked_record() {
     // gone, so "next expected" must not claim it.
     assert_eq!(origin_seqs(&j), [1, 2]);
     assert_eq!(j.peer("b").recv_next, 3);
-    assert_eq!(
-        j.append_inbox("b".into(), 7, vec![rec(3, "again")]).await,
-        Ok(4)
-    );
+    assert_eq!(inbox(&j, "b".into(), 7, vec![rec(3, "again")]).await, Ok(4));
     assert_eq!(origin_seqs(&j), [1, 2, 3]);
 }
 
@@ -391,7 +473,9 @@ async fn a_large_backlog_lives_on_disk() {
     o.segment_bytes = SEGMENT_BYTES;
     let j = Journal::open(o).unwrap();
     for _ in 0..20 {
-        j.append_outbox(vec![vec![9u8; 64]; 10_000]).await.unwrap();
+        j.append_outbox(j.reserve().await, vec![vec![9u8; 64]; 10_000], vec![])
+            .await
+            .unwrap();
     }
     let st = j.lock();
     // 200k records: the index holds a mark per 256 records or 64 KiB.
@@ -401,7 +485,7 @@ async fn a_large_backlog_lives_on_disk() {
         st.outbox.mark_count()
     );
     drop(st);
-    let r = j.read_outbox(123_457, 1 << 20).unwrap().records;
+    let r = j.read_outbox(123_457, 1 << 20, "b").unwrap().records;
     assert_eq!(r[0].seq, 123_457);
     assert_eq!(j.queued("b").0, 200_000);
 }
@@ -412,7 +496,8 @@ async fn closed_journal_refuses_writes() {
     let j = Journal::open(opts(tmp.path())).unwrap();
     j.close().await;
     assert_eq!(
-        j.append_outbox(vec![b"late".to_vec()]).await,
+        j.append_outbox(j.reserve().await, vec![b"late".to_vec()], vec![])
+            .await,
         Err(JournalError::Closed)
     );
 }
@@ -437,7 +522,8 @@ async fn journal_throughput() {
     for _ in 0..N / 50_000 {
         let j = j.clone();
         pending.push(tokio::spawn(async move {
-            j.append_outbox(vec![vec![7u8; 64]; 50_000]).await
+            j.append_outbox(j.reserve().await, vec![vec![7u8; 64]; 50_000], vec![])
+                .await
         }));
         if pending.len() >= 8 {
             pending.remove(0).await.unwrap().unwrap();
@@ -460,7 +546,7 @@ async fn journal_throughput() {
             })
             .collect();
         seq += 3000;
-        pending.push_back(j.append_inbox("b".into(), 7, records));
+        pending.push_back(inbox(&j, "b".into(), 7, records));
         if pending.len() >= 64 {
             pending.pop_front().unwrap().await.unwrap();
         }
@@ -473,7 +559,7 @@ async fn journal_throughput() {
     let t = std::time::Instant::now();
     let mut next = 1;
     while next <= N {
-        let recs = j.read_outbox(next, 256 << 10).unwrap().records;
+        let recs = j.read_outbox(next, 256 << 10, "b").unwrap().records;
         next = recs.last().unwrap().seq + 1;
     }
     let rd = t.elapsed();
@@ -527,7 +613,10 @@ async fn damage_inside_the_last_segment_refuses_and_repair_drops_exactly_it() {
     let bodies = (1..=20)
         .map(|i| format!("message {i:03}").into_bytes())
         .collect();
-    assert_eq!(j.append_outbox(bodies).await, Ok((1, 20)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, bodies, vec![]).await,
+        Ok((1, 20))
+    );
     j.ack("b", 5);
     j.close().await;
     drop(j);
@@ -563,30 +652,39 @@ async fn damage_inside_the_last_segment_refuses_and_repair_drops_exactly_it() {
     assert!(repair::verify(tmp.path()).unwrap().is_clean());
     let j = Journal::open(o).unwrap();
     assert_eq!(j.status().outbox_next, 21, "no number is reused");
-    let r = j.read_outbox(5, 1 << 20).unwrap();
+    let r = j.read_outbox(5, 1 << 20, "b").unwrap();
     assert_eq!(
         r.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (5..=10).collect::<Vec<_>>()
     );
     assert_eq!(r.lost, None);
-    let r = j.read_outbox(11, 1 << 20).unwrap();
+    let r = j.read_outbox(11, 1 << 20, "b").unwrap();
     assert_eq!((r.records.len(), r.lost), (0, Some((11, 12))));
-    let r = j.read_outbox(12, 1 << 20).unwrap();
+    let r = j.read_outbox(12, 1 << 20, "b").unwrap();
     assert_eq!(
         r.records.first().map(|r| r.body.clone()),
         Some(b"message 012".to_vec())
     );
     assert_eq!(r.records.len(), 9);
-    assert_eq!(j.append_outbox(vec![b"new".to_vec()]).await, Ok((21, 21)));
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"new".to_vec()], vec![])
+            .await,
+        Ok((21, 21))
+    );
 }
 
 #[tokio::test]
 async fn a_truncated_last_record_is_still_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
-    j.append_inbox("a".into(), 7, (1..=3).map(|s| rec(s, "abcdef")).collect())
-        .await
-        .unwrap();
+    inbox(
+        &j,
+        "a".into(),
+        7,
+        (1..=3).map(|s| rec(s, "abcdef")).collect(),
+    )
+    .await
+    .unwrap();
     j.close().await;
     drop(j);
     let seg = tmp.path().join("inbox").join(format!("{:020}.log", 1));
@@ -613,7 +711,8 @@ async fn damaged_inbox_records_and_a_missing_segment_are_repaired() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     for s in 1..=300 {
-        j.append_inbox(
+        inbox(
+            &j,
             "a".into(),
             7,
             vec![rec(s, "0123456789012345678901234567890123456789")],
@@ -669,15 +768,17 @@ async fn damaged_inbox_records_and_a_missing_segment_are_repaired() {
 }
 
 #[tokio::test]
-async fn records_past_a_hole_are_never_stored() {
+async fn records_past_a_hole_are_never_stored_and_skips_are_durable() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
     assert_eq!(
-        j.append_inbox("a".into(), 7, vec![rec(1, "x"), rec(2, "y")])
-            .await,
+        inbox(&j, "a".into(), 7, vec![rec(1, "x"), rec(2, "y")]).await,
         Ok(3)
     );
-    let e = j.append_inbox("a".into(), 7, vec![rec(5, "z")]).await;
+    // A stretch that does not start where we are: a hole, never stored.
+    let e = j
+        .append_inbox(j.reserve().await, "a".into(), 7, (5, 6), vec![rec(5, "z")])
+        .await;
     assert_eq!(
         e,
         Err(JournalError::Gap {
@@ -685,51 +786,54 @@ async fn records_past_a_hole_are_never_stored() {
             got: 5
         })
     );
-    // Records before the hole in the same write are stored; after, never.
-    let e = j
-        .append_inbox("a".into(), 7, vec![rec(3, "p"), rec(6, "q")])
-        .await;
-    assert_eq!(
-        e,
-        Err(JournalError::Gap {
-            expected: 4,
-            got: 6
-        })
+    assert_eq!(origin_seqs(&j), [1, 2]);
+    // A stretch from where we are, whose records 4, 5, 7 and 8 are for
+    // other peers: 3 and 6 are stored, and "next expected" moves to 9.
+    let r = j.append_inbox(
+        j.reserve().await,
+        "a".into(),
+        7,
+        (3, 9),
+        vec![rec(3, "p"), rec(6, "q")],
     );
-    assert_eq!(origin_seqs(&j), [1, 2, 3]);
-    assert_eq!(j.peer("a").recv_next, 4);
-    assert_eq!(
-        j.append_inbox("a".into(), 7, vec![rec(4, "r")]).await,
-        Ok(5)
-    );
+    assert_eq!(r.await, Ok(9));
+    assert_eq!(origin_seqs(&j), [1, 2, 3, 6]);
+    assert_eq!(j.peer("a").recv_next, 9);
+    assert_eq!(j.counters("a").msgs_lost, 0, "a skip is no loss");
+    // The skip at the end is durable by itself (a crash, no checkpoint).
+    let copy = tempfile::tempdir().unwrap();
+    crash_copy(tmp.path(), copy.path());
+    let _ = std::fs::remove_file(copy.path().join("lock"));
+    let c = Journal::open(opts(copy.path())).unwrap();
+    assert_eq!(c.peer("a").recv_next, 9);
+    assert_eq!(origin_seqs(&c), [1, 2, 3, 6]);
+    assert_eq!(c.counters("a").msgs_received, 4);
 }
 
 #[tokio::test]
 async fn a_loss_notice_moves_next_expected_durably_and_is_counted() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(opts(tmp.path())).unwrap();
-    j.append_inbox("a".into(), 7, vec![rec(1, "x")])
-        .await
-        .unwrap();
+    inbox(&j, "a".into(), 7, vec![rec(1, "x")]).await.unwrap();
     // Not from where we are: refused like a gap.
     assert_eq!(
-        j.append_lost("a".into(), 7, 5, 9).await,
+        j.append_lost(j.reserve().await, "a".into(), 7, 5, 9).await,
         Err(JournalError::Gap {
             expected: 2,
             got: 5
         })
     );
-    assert_eq!(j.append_lost("a".into(), 7, 2, 9).await, Ok(9));
     assert_eq!(
-        j.append_lost("a".into(), 7, 2, 9).await,
+        j.append_lost(j.reserve().await, "a".into(), 7, 2, 9).await,
+        Ok(9)
+    );
+    assert_eq!(
+        j.append_lost(j.reserve().await, "a".into(), 7, 2, 9).await,
         Ok(9),
         "told twice: once"
     );
     assert_eq!(j.counters("a").msgs_lost, 7);
-    assert_eq!(
-        j.append_inbox("a".into(), 7, vec![rec(9, "y")]).await,
-        Ok(10)
-    );
+    assert_eq!(inbox(&j, "a".into(), 7, vec![rec(9, "y")]).await, Ok(10));
     assert_eq!(origin_seqs(&j), [1, 9], "the notice is no message");
     // A crash before any checkpoint: the notice itself is the durable write.
     let copy = tempfile::tempdir().unwrap();
@@ -738,4 +842,122 @@ async fn a_loss_notice_moves_next_expected_durably_and_is_counted() {
     let c = Journal::open(opts(copy.path())).unwrap();
     assert_eq!(c.peer("a").recv_next, 10);
     assert_eq!(origin_seqs(&c), [1, 9]);
+}
+
+fn opts3(dir: &Path) -> Options {
+    Options {
+        peers: vec!["b".into(), "c".into(), "d".into()],
+        outbox_limit_messages: 1000,
+        ..opts(dir)
+    }
+}
+
+fn seqs(r: &OutboxRead) -> Vec<u64> {
+    r.records.iter().map(|r| r.seq).collect()
+}
+
+#[tokio::test]
+async fn each_peer_has_its_own_cursor_and_queue_in_one_outbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(opts3(tmp.path())).unwrap();
+    let to = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    j.append_outbox(j.reserve().await, vec![b"all".to_vec()], vec![])
+        .await
+        .unwrap(); // 1
+    j.append_outbox(j.reserve().await, vec![b"to-b".to_vec()], to(&["b"]))
+        .await
+        .unwrap(); // 2
+    j.append_outbox(j.reserve().await, vec![b"to-c-d".to_vec()], to(&["c", "d"]))
+        .await
+        .unwrap(); // 3
+    j.append_outbox(j.reserve().await, vec![b"to-b2".to_vec()], to(&["b"]))
+        .await
+        .unwrap(); // 4
+    let r = j.read_outbox(1, 1 << 20, "b").unwrap();
+    assert_eq!((seqs(&r), r.next), (vec![1, 2, 4], 5));
+    let r = j.read_outbox(1, 1 << 20, "c").unwrap();
+    assert_eq!((seqs(&r), r.next), (vec![1, 3], 5));
+    assert_eq!(j.queued("b").0, 3);
+    assert_eq!(j.queued("c").0, 2);
+    assert_eq!(j.queued("d").0, 2);
+    // Acks are per peer, and count only what is for that peer.
+    j.ack("b", 5);
+    assert_eq!(j.queued("b"), (0, 0, None));
+    assert_eq!(j.queued("c").0, 2);
+    assert!(j.delivered(&to(&["b"]), 4));
+    assert!(!j.delivered(&to(&["b", "c"]), 3));
+    j.ack("c", 2);
+    assert_eq!(j.queued("c").0, 1);
+    // A reopen counts the same queues from the records.
+    j.close().await;
+    drop(j);
+    let j = Journal::open(opts3(tmp.path())).unwrap();
+    assert_eq!(
+        (j.queued("b").0, j.queued("c").0, j.queued("d").0),
+        (0, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_down_peer_holds_only_what_is_for_it_and_its_limit_is_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Options {
+        outbox_limit_messages: 300,
+        ..opts3(tmp.path())
+    };
+    let j = Journal::open(o).unwrap();
+    let to = |p: &str| vec![p.to_string()];
+    // d is down and nothing is for it: it holds no segment.
+    for _ in 0..10 {
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("b"))
+            .await
+            .unwrap();
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("c"))
+            .await
+            .unwrap();
+    }
+    let before = segments(tmp.path(), "outbox");
+    assert!(before > 5, "{before}");
+    j.ack("b", 501);
+    j.ack("c", 501);
+    j.checkpoint().await.unwrap();
+    assert_eq!(segments(tmp.path(), "outbox"), 1, "d holds nothing");
+    // One message for d: now d holds from there on.
+    assert_eq!(
+        j.append_outbox(j.reserve().await, vec![b"d".to_vec()], to("d"))
+            .await,
+        Ok((501, 501))
+    );
+    for _ in 0..10 {
+        j.append_outbox(j.reserve().await, vec![vec![7u8; 100]; 25], to("b"))
+            .await
+            .unwrap();
+    }
+    j.ack("b", 752);
+    j.checkpoint().await.unwrap();
+    let r = j.read_outbox(1, 1 << 20, "d").unwrap();
+    assert_eq!(seqs(&r), [501], "d's message is kept for it");
+    // d's limit fills with d's messages; b's sends go on.
+    j.append_outbox(j.reserve().await, vec![vec![1]; 299], to("d"))
+        .await
+        .unwrap();
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![1]], to("d"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("outbox full for d: 300 messages"),
+        "{e}"
+    );
+    let e = j
+        .append_outbox(j.reserve().await, vec![vec![1]], vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("outbox full for d"),
+        "for every peer: d too"
+    );
+    j.append_outbox(j.reserve().await, vec![vec![1]; 200], to("b"))
+        .await
+        .unwrap();
 }

@@ -31,15 +31,13 @@ use super::log::{self, Appender, HEADER, SegUpdate};
 use super::records::{self, InboxMeta};
 use super::state::{self, PeerFile, StateFile};
 use super::{
-    Counters, JournalError, Options, PeerState, Shared, State, Write, floor_of, lock, pos_of,
+    Counters, JournalError, Options, PeerState, Shared, State, Write, lock, pos_of, queues,
 };
 
 /// How often the writer does its housekeeping.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Writes taken into one batch, at most.
 const MAX_BATCH: usize = 4096;
-/// Bytes on disk of an outbox record with an empty body.
-const OUTBOX_OVERHEAD: u64 = HEADER + 16;
 
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -49,6 +47,19 @@ pub(super) struct Writer {
     /// Set when a failed batch could not be rolled back: the logs are in an
     /// unknown state, so no more writes are taken.
     broken: Option<String>,
+}
+
+/// Outbox numbers reserved ahead of use (see `Writer::commit_logs`).
+const RESERVE: u64 = 1 << 16;
+
+/// How a batch's commit failed.
+enum Failed {
+    /// Nothing was published: roll both logs back.
+    Before(std::io::Error),
+    /// The outbox part is stored and published; the inbox part failed.
+    InboxOnly(std::io::Error),
+    /// Outbox records were published but could not be synced.
+    Broken(std::io::Error),
 }
 
 /// What a batch owes its writers once it is committed.
@@ -85,7 +96,11 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
     let epoch = state::unhex(&file.epoch, "epoch").map_err(|e| err("bad state in", e))?;
     let mut peers: HashMap<String, PeerState> = HashMap::new();
     let mut counters: HashMap<String, Counters> = HashMap::new();
+    let mut dropped: HashMap<String, std::collections::BTreeSet<u64>> = HashMap::new();
     for (name, p) in &file.peer {
+        if !p.dropped.is_empty() {
+            dropped.insert(name.clone(), p.dropped.iter().copied().collect());
+        }
         let recv_epoch =
             state::unhex(&p.recv_epoch, "recv_epoch").map_err(|e| err("bad state in", e))?;
         peers.insert(
@@ -107,14 +122,38 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
             },
         );
     }
-    let (outbox, outbox_w) = log::open(
+    // Each peer's queue, counted from the records themselves.
+    let mut counting = queues::Counting::new(&opts.peers, &peers);
+    let (mut outbox, mut outbox_w) = log::open(
         &dir.join("outbox"),
         1,
         opts.segment_bytes,
         opts.fsync,
-        &mut |_, _| {},
+        &mut |seq, data| counting.visit(seq, data),
     )
     .map_err(|e| damaged(&dir, e).unwrap_or_else(|e| err("cannot open the outbox of", e)))?;
+    if file.outbox_reserved > outbox.next() {
+        // Not a clean stop: numbers up to the reservation may have been
+        // sent early and lost here (see `Writer::commit_logs`). Void them.
+        let (from, to) = (outbox.next(), file.outbox_reserved);
+        let now = peerlink::now_ms();
+        for _ in from..to {
+            outbox_w
+                .append(|b| records::put_void(b, now))
+                .map_err(|e| err("cannot write the outbox of", e))?;
+        }
+        outbox.apply(
+            outbox_w
+                .commit()
+                .map_err(|e| err("cannot write the outbox of", e))?,
+        );
+        tracing::warn!(
+            "journal {}: peerd did not stop cleanly: outbox numbers {from}..{} may have been sent \
+             before the crash and are never reused",
+            dir.display(),
+            to - 1
+        );
+    }
     // The inbox records are the truth about what we received: the last
     // record kept from a peer says what we expect from it next (the state
     // file only matters for peers whose records retention has trimmed).
@@ -150,12 +189,12 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
             if seq >= checkpoint {
                 replayed += 1;
                 let c = counters.entry(m.origin.to_string()).or_default();
-                match records::lost_range(&m, body) {
-                    Some((_, n)) if m.lost => c.msgs_lost += n,
-                    _ => {
-                        c.msgs_received += 1;
-                        c.bytes_received += body.len() as u64;
-                    }
+                if m.lost {
+                    // A notice: a loss counts, a skip does not.
+                    c.msgs_lost += records::lost_range(&m, body).map_or(0, |(_, n)| n);
+                } else {
+                    c.msgs_received += 1;
+                    c.bytes_received += body.len() as u64;
                 }
             }
         },
@@ -191,10 +230,15 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
             outbox.next()
         );
     }
-    for p in peers.values_mut() {
+    let addressed = counting.addressed;
+    let mut queues = counting.finish(&peers);
+    for (name, p) in peers.iter_mut() {
         p.acked_next = p.acked_next.max(outbox.first()).min(outbox.next());
+        if let Some(q) = queues.get_mut(name) {
+            q.counted_to = q.counted_to.max(outbox.first()).min(p.acked_next);
+        }
     }
-    let floor = floor_of(&opts.peers, &peers, outbox.next());
+    let floor = queues::floor(&opts.peers, &peers, &queues, outbox.next());
     let inbox_first = file.inbox_first.max(inbox.first()).min(inbox.next());
     tracing::info!(
         "journal {}: epoch {epoch:016x}, outbox {}..{}, inbox {}..{} ({replayed} records replayed)",
@@ -210,9 +254,13 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         inbox_first,
         inbox_first_pos: 0,
         floor,
-        floor_pos: 0,
+        members: opts.peers.clone(),
+        queues,
+        addressed,
+        outbox_reserved: file.outbox_reserved,
         storage_error: None,
         lost_told: HashMap::new(),
+        dropped,
         peers,
         counters,
         dirty: true,
@@ -220,18 +268,16 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
     let shared = Arc::new(Shared {
         outbox_next: watch::Sender::new(state.outbox.next()),
         inbox_next: watch::Sender::new(state.inbox.next()),
-        acked_all: watch::Sender::new(floor),
+        acks: watch::Sender::new(0),
         state: Mutex::new(state),
         epoch,
         opts,
         lock_file,
     });
-    let floor_pos = pos_of(&shared, |st| &st.outbox, floor).map_err(|e| err("cannot read", e))?;
     let first_pos =
         pos_of(&shared, |st| &st.inbox, inbox_first).map_err(|e| err("cannot read", e))?;
     {
         let mut st = lock(&shared);
-        st.floor_pos = floor_pos;
         st.inbox_first_pos = first_pos;
         if epoch != old_epoch {
             let file = snapshot(&st, epoch);
@@ -296,6 +342,7 @@ fn create(dir: &Path, fsync: bool) -> Result<StateFile, JournalError> {
         epoch: state::hex(epoch),
         inbox_checkpoint: 1,
         inbox_first: 1,
+        outbox_reserved: 0,
         peer: Default::default(),
     };
     state::save(dir, &file, fsync).map_err(|e| JournalError::storage(dir.display(), e))?;
@@ -322,17 +369,17 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: Receiver<Write>) {
+    pub(super) fn run(mut self, rx: Receiver<(Write, Option<super::Slot>)>) {
         let mut batch = Vec::new();
         loop {
             match rx.recv_timeout(HOUSEKEEPING) {
-                Ok(w) => batch.push(w),
+                Ok((w, _slot)) => batch.push(w), // the slot is free again
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(w) => batch.push(w),
+                    Ok((w, _slot)) => batch.push(w), // the slot is free again
                     Err(_) => break,
                 }
             }
@@ -355,6 +402,9 @@ impl Writer {
             if !writes.is_empty() {
                 self.commit(writes);
             }
+            if !closing.is_empty() {
+                self.stop_cleanly();
+            }
             let asked = !checkpoints.is_empty() || !closing.is_empty();
             if asked || self.last_housekeeping.elapsed() >= HOUSEKEEPING {
                 let r = self.housekeeping(asked);
@@ -373,7 +423,16 @@ impl Writer {
                 return;
             }
         }
+        self.stop_cleanly();
         let _ = self.housekeeping(true);
+    }
+
+    /// A clean stop: every published record is synced, so the reservation
+    /// ends where the outbox does and the next start voids nothing.
+    fn stop_cleanly(&mut self) {
+        let mut st = lock(&self.shared);
+        st.outbox_reserved = self.outbox.next();
+        st.dirty = true;
     }
 
     /// Store one batch, then answer everyone in it.
@@ -387,15 +446,14 @@ impl Writer {
         }
         let shared = self.shared.clone();
         let opts = &shared.opts;
-        let (floor, floor_pos, outbox_end, mut recv) = {
+        if writes.iter().any(|w| matches!(w, Write::Outbox { .. })) {
+            self.settle_all();
+        }
+        let (members, mut qs, mut recv) = {
             let st = lock(&self.shared);
-            (
-                st.floor,
-                st.floor_pos,
-                st.outbox.end_pos(),
-                st.peers.clone(),
-            )
+            (st.members.clone(), st.queues.clone(), st.peers.clone())
         };
+        let mut addressed = false;
         let mut received: HashMap<String, (u64, u64)> = HashMap::new();
         let mut lost: Vec<(String, u64)> = Vec::new();
         let mut replies = Vec::with_capacity(writes.len());
@@ -408,28 +466,51 @@ impl Writer {
                 continue;
             }
             match w {
-                Write::Outbox { bodies, reply } => {
+                Write::Outbox { bodies, to, reply } => {
+                    let dests: Vec<String> = if to.is_empty() {
+                        members.clone()
+                    } else {
+                        to.iter().filter(|p| members.contains(p)).cloned().collect()
+                    };
                     let n = bodies.len() as u64;
+                    let to_len: usize = if to.is_empty() {
+                        0
+                    } else {
+                        1 + to.iter().map(|p| 1 + p.len()).sum::<usize>()
+                    };
                     let bytes: u64 = bodies
                         .iter()
-                        .map(|b| b.len() as u64 + OUTBOX_OVERHEAD)
+                        .map(|b| queues::disk_bytes(8 + to_len + b.len()))
                         .sum();
-                    let queued_msgs = self.outbox.next().saturating_sub(floor);
-                    let queued_bytes =
-                        (outbox_end + self.outbox.pending_bytes()).saturating_sub(floor_pos);
-                    if queued_msgs + n > opts.outbox_limit_messages
-                        || queued_bytes + bytes > opts.outbox_limit_bytes
-                    {
-                        let e = self.outbox_full(floor, queued_msgs, queued_bytes);
+                    let full = dests.iter().find_map(|p| {
+                        let q = qs.get(p).copied().unwrap_or_default();
+                        (q.msgs + n > opts.outbox_limit_messages
+                            || q.bytes + bytes > opts.outbox_limit_bytes)
+                            .then(|| (p.clone(), q))
+                    });
+                    if let Some((peer, q)) = full {
+                        let e = self.outbox_full(&peer, q);
                         replies.push(Reply::Outbox(reply, Err(e)));
                         continue;
                     }
                     let first = self.outbox.next();
                     for body in &bodies {
-                        if let Err(e) = self.outbox.append(|b| records::put_outbox(b, now, body)) {
+                        if let Err(e) = self
+                            .outbox
+                            .append(|b| records::put_outbox(b, now, &to, body))
+                        {
                             failed = Some(e);
                             break;
                         }
+                    }
+                    addressed |= !to.is_empty();
+                    for p in &dests {
+                        let q = qs.entry(p.clone()).or_default();
+                        if q.msgs == 0 {
+                            q.pending_from = Some(first);
+                        }
+                        q.msgs += n;
+                        q.bytes += bytes;
                     }
                     let last = self.outbox.next() - 1;
                     replies.push(Reply::Outbox(reply, Ok((first, last))));
@@ -437,14 +518,12 @@ impl Writer {
                 Write::Inbox {
                     origin,
                     epoch,
+                    from,
+                    next,
                     records,
                     reply,
                 } => {
                     let p = recv.entry(origin.clone()).or_default();
-                    let Some(first) = records.first().map(|r| r.seq) else {
-                        replies.push(Reply::Seq(reply, p.recv_next));
-                        continue;
-                    };
                     if p.recv_epoch != epoch {
                         if p.recv_epoch != 0 {
                             tracing::warn!(
@@ -452,26 +531,35 @@ impl Writer {
                                 old_epoch = format_args!("{:016x}", p.recv_epoch),
                                 new_epoch = format_args!("{epoch:016x}"),
                                 "peer started a new journal epoch (its journal was reset); \
-                                 starting over from its seq {first}"
+                                 starting over from its seq {from}"
                             );
                         }
                         p.recv_epoch = epoch;
-                        p.recv_next = first;
+                        p.recv_next = from;
+                    }
+                    if from > p.recv_next {
+                        // Never store past a hole: what is missing was
+                        // never stored here, so nothing may be acked beyond
+                        // it. The peer resends from recv_next.
+                        let e = JournalError::Gap {
+                            expected: p.recv_next,
+                            got: from,
+                        };
+                        replies.push(Reply::Refused(reply, e));
+                        continue;
                     }
                     let counted = received.entry(origin.clone()).or_default();
-                    let mut gap = None;
+                    let mut stored_to = p.recv_next;
+                    let mut bad = None;
                     for r in &records {
                         if r.seq < p.recv_next {
                             continue; // a resend of something we already have
                         }
-                        if r.seq > p.recv_next {
-                            // Never store past a hole: what is missing was
-                            // never stored here, so nothing may be acked
-                            // beyond it. The peer resends from recv_next.
-                            gap = Some(JournalError::Gap {
-                                expected: p.recv_next,
-                                got: r.seq,
-                            });
+                        if r.seq >= next {
+                            bad = Some(format!(
+                                "record {} outside the batch's {from}..{next}",
+                                r.seq
+                            ));
                             break;
                         }
                         let meta = InboxMeta {
@@ -487,14 +575,38 @@ impl Writer {
                             failed = Some(e);
                             break;
                         }
+                        // (Records in between are for other peers.)
                         p.recv_next = r.seq.saturating_add(1); // a hostile u64::MAX must not overflow
+                        stored_to = p.recv_next;
                         counted.0 += 1;
                         counted.1 += r.body.len() as u64;
                     }
-                    match gap {
-                        Some(e) => replies.push(Reply::Refused(reply, e)),
-                        None => replies.push(Reply::Seq(reply, p.recv_next)),
+                    if let Some(why) = bad {
+                        replies.push(Reply::Refused(reply, JournalError::Storage(why)));
+                        continue;
                     }
+                    if failed.is_none() && next > stored_to {
+                        // The batch ends with records for other peers: a
+                        // skip notice moves "next expected" past them in
+                        // the same durable write.
+                        let meta = InboxMeta {
+                            received_ms: now,
+                            sent_ms: now,
+                            origin_epoch: epoch,
+                            origin_seq: next - 1,
+                            origin: &origin,
+                            lost: true,
+                        };
+                        if let Err(e) = self
+                            .inbox
+                            .append(|b| records::put_skip(b, &meta, stored_to))
+                        {
+                            failed = Some(e);
+                        } else {
+                            p.recv_next = next;
+                        }
+                    }
+                    replies.push(Reply::Seq(reply, p.recv_next));
                 }
                 Write::Lost {
                     origin,
@@ -537,8 +649,8 @@ impl Writer {
                     tracing::error!(
                         peer = %origin,
                         "messages {first}..{} of {origin} (epoch {epoch:016x}) are lost: {origin} \
-                         no longer has them (its journal was repaired, or ours went back in time); \
-                         exactly-once delivery of these {} messages cannot be kept",
+                         says they will never come (dropped or damaged there, or our inbox went \
+                         back in time; see its log); these {} messages are not delivered",
                         next - 1,
                         next - first
                     );
@@ -571,12 +683,73 @@ impl Writer {
             }
         }
         let committed = match failed {
-            Some(e) => Err(e),
+            Some(e) => Err(Failed::Before(e)),
             None => self.commit_logs(),
         };
-        let (outbox_updates, inbox_updates) = match committed {
+        let inbox_updates = match committed {
             Ok(u) => u,
-            Err(e) => {
+            Err(Failed::InboxOnly(e)) => {
+                // The outbox part is stored (and may be on its way to the
+                // peers); the inbox part was rolled back.
+                tracing::error!("journal: inbox write failed, those records not stored: {e}");
+                {
+                    let mut st = lock(&self.shared);
+                    st.storage_error = Some((e.to_string(), now));
+                    st.addressed |= addressed;
+                    for (name, q) in qs {
+                        if st.members.contains(&name) {
+                            st.queues.insert(name, q);
+                        }
+                    }
+                }
+                if let Err(r) = self.inbox.rollback() {
+                    let why =
+                        format!("the journal could not undo a failed write ({r}); restart peerd");
+                    tracing::error!("{why}");
+                    self.broken = Some(why);
+                }
+                let e = JournalError::storage("write failed", e);
+                for w in skipped {
+                    fail(w, &e);
+                }
+                for r in replies {
+                    match r {
+                        Reply::Outbox(tx, r) => {
+                            let _ = tx.send(r);
+                        }
+                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+            Err(Failed::Broken(e)) => {
+                let why = format!(
+                    "the journal could not sync written outbox records ({e}); they may have \
+                     been sent already, so their numbers are never reused: restart peerd"
+                );
+                tracing::error!("{why}");
+                lock(&self.shared).storage_error = Some((e.to_string(), now));
+                let _ = self.inbox.rollback();
+                self.broken = Some(why.clone());
+                let e = JournalError::Storage(why);
+                for w in skipped {
+                    fail(w, &e);
+                }
+                for r in replies {
+                    match r {
+                        Reply::Outbox(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                return;
+            }
+            Err(Failed::Before(e)) => {
                 if lock(&self.shared).storage_error.is_none() {
                     tracing::error!("journal: write failed, batch not stored: {e}");
                 } else {
@@ -611,8 +784,13 @@ impl Writer {
         };
         let (o, i) = {
             let mut st = lock(&self.shared);
-            st.outbox.apply(outbox_updates);
             st.inbox.apply(inbox_updates);
+            st.addressed |= addressed;
+            for (name, q) in qs {
+                if st.members.contains(&name) {
+                    st.queues.insert(name, q);
+                }
+            }
             if let Some((e, _)) = st.storage_error.take() {
                 tracing::info!("journal: writing works again (after: {e})");
             }
@@ -630,10 +808,6 @@ impl Writer {
                 c.msgs_received += n;
                 c.bytes_received += b;
                 st.dirty = true;
-            }
-            if opts.peers.is_empty() {
-                st.floor = st.outbox.next();
-                st.floor_pos = st.outbox.end_pos();
             }
             (st.outbox.next(), st.inbox.next())
         };
@@ -658,51 +832,113 @@ impl Writer {
         }
     }
 
-    /// Commit both logs, syncing them in parallel when both have data.
-    fn commit_logs(&mut self) -> std::io::Result<(Vec<SegUpdate>, Vec<SegUpdate>)> {
+    /// Commit both logs. The outbox's records are **sent early**: they are
+    /// written, then published to the readers (the peer sessions may send
+    /// them) while the two fsyncs run in parallel; only then is anyone told
+    /// "stored" (`send`) or acked (the inbox). So a message waits for one
+    /// fsync in series (the receiver's), not two.
+    ///
+    /// Why that keeps exactly-once: a record the peer stored may still be
+    /// lost here by a power loss before our fsync. Its number must never
+    /// go to another message (the peer would drop that one as a resend).
+    /// So numbers are *reserved* in the state file ahead of use
+    /// ([`RESERVE`] at a time, durably, before any record past the old
+    /// reservation is published); after a shutdown that was not clean, the
+    /// journal voids every number up to the reservation that its outbox no
+    /// longer holds (see `recover`) and goes on past it. The client was
+    /// never told such a record was stored; the peer may have it once.
+    fn commit_logs(&mut self) -> Result<Vec<SegUpdate>, Failed> {
+        if self.outbox.next() > lock(&self.shared).outbox_reserved {
+            let reserved = self.outbox.next() + RESERVE;
+            let file = {
+                let mut st = lock(&self.shared);
+                st.outbox_reserved = reserved;
+                snapshot(&st, self.shared.epoch)
+            };
+            state::save(&self.shared.opts.dir, &file, self.shared.opts.fsync)
+                .map_err(Failed::Before)?;
+        }
+        let out = self.outbox.write_out().map_err(Failed::Before)?;
+        if !out.is_empty() {
+            let o = {
+                let mut st = lock(&self.shared);
+                st.outbox.apply(out);
+                st.outbox.next()
+            };
+            self.shared
+                .outbox_next
+                .send_if_modified(|v| std::mem::replace(v, o) != o);
+        }
         let (outbox, inbox) = (&mut self.outbox, &mut self.inbox);
-        if outbox.pending_bytes() > 0 && inbox.pending_bytes() > 0 {
+        let (o, i) = if inbox.pending_bytes() > 0 {
             std::thread::scope(|s| {
                 let other = s.spawn(|| inbox.commit());
-                let o = outbox.commit();
+                let o = outbox.sync();
                 let i = other
                     .join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("inbox commit panicked")));
-                Ok((o?, i?))
+                (o, i)
             })
         } else {
-            Ok((outbox.commit()?, inbox.commit()?))
-        }
+            (outbox.sync(), inbox.commit())
+        };
+        o.map_err(Failed::Broken)?;
+        i.map_err(Failed::InboxOnly)
     }
 
-    fn outbox_full(&self, floor: u64, queued_msgs: u64, queued_bytes: u64) -> JournalError {
-        let span = lock(&self.shared).outbox.span(floor);
-        let oldest = span
-            .and_then(|s| s.read(floor, 1, 0).ok())
-            .and_then(|mut v| v.pop())
-            .and_then(|r| records::get_outbox(r.seq, &r.data));
-        let since = match oldest {
-            Some(r) => humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_millis(r.sent_ms),
-            )
-            .to_string(),
+    /// The error for a send that `peer`'s queue has no room for; logged
+    /// once per time the queue fills (loud, not a storm).
+    fn outbox_full(&self, peer: &str, q: queues::PeerQueue) -> JournalError {
+        let from = {
+            let st = lock(&self.shared);
+            let acked = st.peers.get(peer).map(|p| p.acked_next).unwrap_or(0);
+            acked.max(q.pending_from.unwrap_or(0))
+        };
+        let since = match queues::oldest(&self.shared, peer, from).ok().flatten() {
+            Some(ms) => {
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            }
             None => "now".into(),
         };
         let opts = &self.shared.opts;
-        JournalError::OutboxFull {
-            queued_msgs,
-            queued_bytes,
+        let e = JournalError::OutboxFull {
+            peer: peer.to_string(),
+            queued_msgs: q.msgs,
+            queued_bytes: q.bytes,
             since,
             limit: format!(
                 "{} messages / {} bytes",
                 opts.outbox_limit_messages, opts.outbox_limit_bytes
             ),
+        };
+        let mut st = lock(&self.shared);
+        if let Some(q) = st.queues.get_mut(peer)
+            && !q.full_warned
+        {
+            q.full_warned = true;
+            tracing::warn!(peer = %peer, "{e}; sends to {peer} are refused until it catches up");
         }
+        e
+    }
+
+    /// Settle every peer's queue (see `queues`) and move the floor.
+    fn settle_all(&mut self) {
+        let members = lock(&self.shared).members.clone();
+        for p in &members {
+            if let Err(e) = queues::settle(&self.shared, p) {
+                tracing::warn!("journal: counting {p}'s queue: {e}");
+            }
+        }
+        let mut st = lock(&self.shared);
+        let floor = queues::floor(&st.members, &st.peers, &st.queues, st.outbox.next());
+        st.floor = st.floor.max(floor);
     }
 
     /// Retention, the state file, then deleting what nobody needs.
     fn housekeeping(&mut self, force: bool) -> Result<(), JournalError> {
         self.last_housekeeping = Instant::now();
+        self.settle_all();
         if let Err(e) = self.trim_inbox() {
             tracing::warn!("journal: inbox retention: {e}");
         }
@@ -815,6 +1051,11 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
                 msgs_received: c.msgs_received,
                 bytes_received: c.bytes_received,
                 msgs_lost: c.msgs_lost,
+                dropped: st
+                    .dropped
+                    .get(name)
+                    .map(|d| d.iter().copied().collect())
+                    .unwrap_or_default(),
             },
         );
     }
@@ -823,6 +1064,7 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
         epoch: state::hex(epoch),
         inbox_checkpoint: st.inbox.next(),
         inbox_first: st.inbox_first,
+        outbox_reserved: st.outbox_reserved,
         peer,
     }
 }
