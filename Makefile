@@ -74,7 +74,7 @@ BASHDIR = $(PREFIX)/share/bash-completion/completions
 ZSHDIR = $(PREFIX)/share/zsh/site-functions
 FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
 MANPAGES = peerd peerd-check-config peerd-journal peerd-journal-verify peerd-journal-repair \
-	peerctl peerctl-attach peerctl-completions peerctl-send peerctl-status peerctl-tail
+	peerctl peerctl-attach peerctl-completions peerctl-drop peerctl-reload peerctl-send peerctl-status peerctl-tail
 
 INSTALLED = $(BINDIR)/peerd $(BINDIR)/peerctl \
 	$(UNITDIR)/peerd@.service $(SYSUSERSDIR)/peerd.conf \

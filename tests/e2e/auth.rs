@@ -100,7 +100,7 @@ fn wrong_and_missing_secrets_are_refused_and_the_good_link_stays_up() {
             &[
                 "WARN",
                 "authentication failed",
-                "proof does not match",
+                "wrong secret? no secret in common with peer \"a\"",
                 "remote=127.0.0.1:",
             ],
         )
@@ -131,7 +131,7 @@ fn wrong_and_missing_secrets_are_refused_and_the_good_link_stays_up() {
         .spec
         .log()
         .lines()
-        .filter(|l| l.contains("proof does not match"))
+        .filter(|l| l.contains("no secret in common"))
         .count();
     assert!(per_attempt >= 1);
     for d in [&wrong, &missing] {

@@ -113,8 +113,11 @@ fn send_wait_whose_daemon_goes_away_says_the_messages_were_stored() {
     let out = child.wait_with_output().expect("peerctl");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_DOWN), "{err}");
+    // Normally the reply that they are stored came before the kill; if
+    // the kill won that race, peerctl says it cannot know. Never "lost".
     assert!(
-        err.contains("2 messages were stored and will be delivered when peerd runs again"),
+        err.contains("2 messages were stored and will be delivered when peerd runs again")
+            || err.contains("2 messages may or may not have been stored"),
         "{err}"
     );
     let _a = Daemon::start(&pair.a);

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use peerlink_e2e::{Daemon, Sandbox, Spec, free_port};
+use peerlink_e2e::{Daemon, Sandbox, Spec, copy_tree, free_port};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -83,19 +83,6 @@ fn addressed_messages_reach_only_their_peers_and_a_down_one_costs_only_itself() 
     let none = h.spec.ctl(&["tail", "--from-peer", "c"]);
     assert!(String::from_utf8_lossy(&none.stdout).trim().is_empty());
     drop((b, c, d));
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).expect("copy");
-        }
-    }
 }
 
 #[test]

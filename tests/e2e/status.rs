@@ -46,6 +46,7 @@ const TOP: &[(&str, &str)] = &[
     ("all_up", "bool"),
     ("journal", "object"),
     ("peers", "array"),
+    ("last_reload", "object|null"),
 ];
 const JOURNAL: &[(&str, &str)] = &[
     ("durable", "bool"),
@@ -81,6 +82,8 @@ const PEER: &[(&str, &str)] = &[
     ("held", "string|null"),
     ("last_error", "string|null"),
     ("last_error_ms", "uint|null"),
+    ("key_id", "string|null"),
+    ("key_added_ms", "uint|null"),
 ];
 
 fn check_fields(v: &Value, fields: &[(&str, &str)], what: &str) {

@@ -12,7 +12,7 @@ use crate::auth::{SECRET, secret_line};
 const LONG: Duration = Duration::from_secs(20);
 
 /// A CA; writes `<name>-ca.pem` and returns the issuer to sign leaves.
-fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params
@@ -26,7 +26,7 @@ fn ca(dir: &Path, name: &str) -> CertifiedIssuer<'static, KeyPair> {
 
 /// A certificate for 127.0.0.1 signed by `ca`: writes `<node>.crt` and
 /// `<node>.key`.
-fn leaf(dir: &Path, node: &str, ca: &CertifiedIssuer<'static, KeyPair>) {
+pub fn leaf(dir: &Path, node: &str, ca: &CertifiedIssuer<'static, KeyPair>) {
     let key = KeyPair::generate().expect("leaf key");
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .expect("leaf params");

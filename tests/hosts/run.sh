@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test-hosts: README "Running as a service", run as written on two Debian
 # hosts booted with systemd, then what an operator fears: a host powered
-# off with messages queued for it, kill -9, a wrong secret.
+# off with messages queued for it, kill -9, a wrong secret; and changes
+# without downtime: systemctl reload, a secret rotated host by host.
 #
 # Two network namespaces joined by a veth pair (host 1 = 192.0.2.1, host 2
 # = 192.0.2.2), each with its own Debian bookworm container booted by
@@ -376,6 +377,59 @@ done
 on 1 'cat /etc/peerd/secret' | on 2 "sh -c 'umask 027; cat > /etc/peerd/secret' && systemctl restart peerd@b"
 wait_on 60 1 "systemctl show -p StatusText --value peerd@a | grep -q '^b: connected'"
 ok "the right secret back on host 2: connected again"
+
+# ---- systemctl reload: a changed config applied, a broken one refused
+for h in 1 2; do
+    p=$( [ "$h" = 1 ] && echo b || echo a ); i=$( [ "$h" = 1 ] && echo a || echo b )
+    since=$(on "$h" 'date +%s')
+    # a session that stayed up 2 s: past any collision after the restart above
+    wait_on 20 "$h" "peerctl status | grep -Eq '^ +connected: +([2-9]|[1-9][0-9]+)s ago|^ +connected: +[0-9]+m'"
+    local_before=$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")
+    readme "$h" reload    # systemctl reload must exit 0 (bash -e)
+    wait_on 10 "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -q 'reloaded: heartbeat 5s -> 2s'"
+    on "$h" "peerctl status" | grep -q "last reload: *applied .*heartbeat 5s -> 2s" || fail "host $h: status does not show the reload"
+    [ "$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")" = "$local_before" ] || fail "host $h: the reload replaced the session"
+    on "$h" "cp /etc/peerd/$i.toml /root/$i.toml.good && echo 'bogus = 1' >> /etc/peerd/$i.toml && systemctl reload peerd@$i"
+    wait_on 10 "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -q 'reload refused, still running on the old config: .*bogus'"
+    on "$h" "systemctl is-active peerd@$i && cp /root/$i.toml.good /etc/peerd/$i.toml" >/dev/null
+    [ "$(on "$h" "peerctl status" | grep -m1 "session:" | tr -s " ")" = "$local_before" ] || fail "host $h: the refused reload touched the session"
+    ok "host $h: systemctl reload applied a new heartbeat and refused a broken config; the session ($local_before) stayed; journal: $(on "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -m1 'reload refused'" | cut -c1-100)..."
+done
+
+# ---- the secret rotated as README says, host 1 sending all along
+say "secret rotation, one host at a time, while host 1 sends"
+since=$(on 1 'date +%s')
+on 1 'rm -f /tmp/rot-stop /tmp/rot-count; setsid bash -c "n=0; until [ -e /tmp/rot-stop ]; do n=\$((n+1)); peerctl send rot-\$n >/dev/null; done; echo \$n > /tmp/rot-count" </dev/null >/dev/null 2>&1 &'
+SECRET2=$(on 1 "$(names 1)
+$(block rotate-make)")
+printf '%s\n' "$SECRET2" | on 2 "$(names 2)
+$(block rotate-paste)"
+k=0
+for step in rotate-add rotate-prefer rotate-remove; do
+    k=$((k + 1))
+    for h in 1 2; do
+        i=$( [ "$h" = 1 ] && echo a || echo b )
+        readme "$h" "$step"
+        wait_on 10 "$h" "[ \$(journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -c 'reloaded: secrets') -ge $k ]"
+        n0=$(on 2 "peerctl tail -n 1000000 | grep -c ' a rot-' || true")
+        wait_on 20 2 "[ \$(peerctl tail -n 1000000 | grep -c ' a rot-') -gt $n0 ]"
+    done
+    ok "$step done on both hosts; messages kept arriving after each reload"
+done
+on 1 'touch /tmp/rot-stop'
+wait_on 30 1 'test -s /tmp/rot-count'
+count=$(on 1 'cat /tmp/rot-count')
+wait_on 60 2 "peerctl tail -n 1 | grep -q ' a rot-$count$'"
+exactly_once 2 rot "$count"
+for h in 1 2; do
+    i=$( [ "$h" = 1 ] && echo a || echo b )
+    want=$(on "$h" "peerd check-config $i 2>/dev/null | sed -n 's/^# secret ids, preferred first: //p'")
+    on "$h" "peerctl status" | grep -q "secret: *id $want," || fail "host $h: the session does not use the new secret $want: $(on "$h" 'peerctl status' || true)"
+    bad=$(on "$h" "journalctl -u peerd@$i --no-pager -o cat --since=@$since | grep -Ei 'authentication failed|peer refused|link down|no secret in common' || true")
+    [ -z "$bad" ] || fail "host $h: the link was not up throughout the rotation: $bad"
+    [ "$(on "$h" 'ls /etc/peerd/secret 2>/dev/null || true')" = "" ] || fail "host $h: the old secret file is still there"
+    ok "host $h: rotated to secret id $want with no refused handshake and no link down"
+done
 
 for h in 1 2; do
     i=$( [ "$h" = 1 ] && echo a || echo b )

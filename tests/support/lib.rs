@@ -832,3 +832,18 @@ pub fn readme_block(name: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("README.md has no transcript {name:?}"))
         .body
 }
+
+/// Copy a directory tree (a backup of a stopped daemon's state, or a
+/// committed fixture).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}

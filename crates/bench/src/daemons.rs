@@ -65,27 +65,8 @@ impl Pair {
             .prefix("plbench")
             .tempdir_in("/tmp")?;
         let (pa, pb) = (free_port()?, free_port()?);
-        let node = |name: &str, port: u16, peer: &str, peer_port: u16| -> Result<Node> {
-            let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\nbackoff_max = \"200ms\"\n{extra}\n\
-                     [[peer]]\nname = \"{peer}\"\nurl = \"ws://127.0.0.1:{peer_port}/ws\"\n"
-                ),
-            )?;
-            Ok(Node {
-                name: name.into(),
-                port,
-                socket: dir.path().join(format!("{name}.sock")),
-                config,
-                state: dir.path().join(format!("{name}-state")),
-                log: dir.path().join(format!("{name}.log")),
-                child: None,
-            })
-        };
-        let mut a = node("a", pa, "b", pb)?;
-        let mut b = node("b", pb, "a", pa)?;
+        let mut a = Node::new(dir.path(), "a", pa, &[("b", pb)], extra)?;
+        let mut b = Node::new(dir.path(), "b", pb, &[("a", pa)], extra)?;
         a.spawn()?;
         b.spawn()?;
         let pair = Pair { a, b, dir };
@@ -96,6 +77,39 @@ impl Pair {
 }
 
 impl Node {
+    /// Node `name` in `dir` listening on `port`, linked to `peers` (name,
+    /// port), with `extra` config keys; not started.
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        port: u16,
+        peers: &[(&str, u16)],
+        extra: &str,
+    ) -> Result<Node> {
+        let config = dir.join(format!("{name}.toml"));
+        let mut text = format!("listen = \"127.0.0.1:{port}\"\nbackoff_max = \"200ms\"\n{extra}\n");
+        for (p, pp) in peers {
+            text.push_str(&format!(
+                "[[peer]]\nname = \"{p}\"\nurl = \"ws://127.0.0.1:{pp}/ws\"\n"
+            ));
+        }
+        std::fs::write(&config, text)?;
+        Ok(Node {
+            name: name.into(),
+            port,
+            socket: dir.join(format!("{name}.sock")),
+            config,
+            state: dir.join(format!("{name}-state")),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        })
+    }
+
+    /// The daemon's state directory (its journal is in `journal/`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -19,6 +19,7 @@
 
 mod ceiling;
 mod daemons;
+mod hub;
 mod seen;
 
 use std::io::{BufRead, BufReader, Write};
@@ -42,7 +43,7 @@ struct Plan {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only latency` (or throughput, backlog, seen): one part, for profiling.
+    // `--only latency` (or throughput, backlog, seen, hub): one part, for profiling.
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let out_path = std::env::args()
@@ -192,6 +193,12 @@ fn main() -> Result<()> {
             seen_part(&rt, plan.seen, ceiling64, disk_dir.path()).context("seen")?;
         rows.append(&mut seen_rows);
         results.insert("seen".into(), seen);
+    }
+    if wants("hub") {
+        let hub_plan = hub::HubPlan::new(quick);
+        let (doc, hub_rows) = hub::run(&hub_plan, &extra_config()).context("hub")?;
+        rows.extend(hub_rows);
+        results.insert("hub".into(), doc);
     }
 
     let machine = json!({

@@ -108,6 +108,15 @@ pub enum Command {
     /// peer is told it is lost, both sides log and count it, and the queue
     /// moves on.
     Drop(DropArgs),
+    /// Make the daemon re-read its config, and say what that did.
+    ///
+    /// The same as `systemctl reload peerd@<i>` or SIGHUP: what can change
+    /// live is applied (peers added or removed, timers, limits, secrets,
+    /// TLS files) without touching the sessions it does not concern; a
+    /// config with an error, or one that changes `listen`, `node` or the
+    /// journal's settings, is refused whole and the old one kept (exit
+    /// status 1).
+    Reload,
     /// Print a shell completion script.
     ///
     /// For example `peerctl completions bash >

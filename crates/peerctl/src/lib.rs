@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Status(args) => status::run(&target, &args).await,
         Command::Attach => attach::run(&target).await.map(|()| EXIT_OK),
         Command::Drop(args) => drop_record(&target, args).await.map(|()| EXIT_OK),
+        Command::Reload => reload(&target).await,
         Command::Completions { .. } => Ok(EXIT_OK),
     }
 }
@@ -64,6 +65,27 @@ async fn drop_record(target: &Target, args: cli::DropArgs) -> Result<(), CtlErro
         }
         Response::Error { kind, message } => Err(CtlError::Daemon { kind, message }),
         other => Err(CtlError::Protocol(format!("answered drop with {other:?}"))),
+    }
+}
+
+/// `peerctl reload`: exit 0 when applied, 1 when refused.
+async fn reload(target: &Target) -> Result<u8, CtlError> {
+    use peerlink::control::{Request, Response};
+    let mut client = client::Client::connect(target).await?;
+    client.send(&Request::Reload).await?;
+    match client.recv().await? {
+        Response::Reloaded(r) => {
+            println!("{}", status::reload_line(&r, r.at_ms));
+            Ok(if r.applied {
+                EXIT_OK
+            } else {
+                error::EXIT_ERROR
+            })
+        }
+        Response::Error { kind, message } => Err(CtlError::Daemon { kind, message }),
+        other => Err(CtlError::Protocol(format!(
+            "answered reload with {other:?}"
+        ))),
     }
 }
 

@@ -13,7 +13,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
-use peerlink::control::{Direction, LinkState, PeerStatus, Request, Response, Status};
+use peerlink::control::{
+    Direction, LinkState, PeerStatus, ReloadReport, Request, Response, Status,
+};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
@@ -128,6 +130,8 @@ pub struct StatusJson {
     pub all_up: bool,
     pub journal: JournalJson,
     pub peers: Vec<PeerJson>,
+    /// What the last reload since start did, or null.
+    pub last_reload: Option<ReloadReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,6 +193,10 @@ pub struct PeerJson {
     pub held: Option<String>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// The id of the secret the live session uses, and since when this
+    /// node holds it, or null.
+    pub key_id: Option<String>,
+    pub key_added_ms: Option<u64>,
 }
 
 impl From<&Status> for StatusJson {
@@ -216,6 +224,7 @@ impl From<&Status> for StatusJson {
                 storage_error_ms: s.journal.storage_error_ms,
             },
             peers: s.peers.iter().map(PeerJson::from).collect(),
+            last_reload: s.last_reload.clone(),
         }
     }
 }
@@ -254,7 +263,23 @@ impl From<&PeerStatus> for PeerJson {
             held: p.held.clone(),
             last_error: p.last_error.clone(),
             last_error_ms: p.last_error_ms,
+            key_id: p.key_id.clone(),
+            key_added_ms: p.key_added_ms,
         }
+    }
+}
+
+/// What a reload did, in one line: `applied 3s ago: peer c added; ...`.
+pub fn reload_line(r: &ReloadReport, now: u64) -> String {
+    let when = if now > r.at_ms {
+        ago(now, r.at_ms)
+    } else {
+        "just now".to_string()
+    };
+    match (&r.error, r.changes.is_empty()) {
+        (Some(e), _) => format!("{BAD}refused{BAD:#} {when}, old config kept: {e}"),
+        (None, true) => format!("applied {when}: nothing changed"),
+        (None, false) => format!("applied {when}: {}", r.changes.join("; ")),
     }
 }
 
@@ -356,6 +381,9 @@ pub fn render(s: &Status) -> String {
             .unwrap_or_default();
         daemon.add("storage", format!("{BAD}cannot write: {e}{BAD:#}{when}"));
     }
+    if let Some(r) = &s.last_reload {
+        daemon.add("last reload", reload_line(r, now));
+    }
     let peers: Vec<(String, Block)> = s.peers.iter().map(|p| peer_block(p, now)).collect();
     let width = std::iter::once(&daemon)
         .chain(peers.iter().map(|(_, b)| b))
@@ -410,6 +438,13 @@ fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
     }
     if let Some(rtt) = p.rtt_us {
         b.add("rtt", format!("{:.2} ms", rtt as f64 / 1000.0));
+    }
+    if let Some(id) = &p.key_id {
+        let age = p
+            .key_added_ms
+            .map(|t| format!(", held for {}", human_duration(now.saturating_sub(t))))
+            .unwrap_or_default();
+        b.add("secret", format!("id {id}{age}"));
     }
     b.add(
         "transfer",
@@ -499,6 +534,7 @@ mod tests {
                 last_error_ms: Some(1_000 + 3_722_000),
                 ..PeerStatus::new("b", "ws://127.0.0.1:8081/ws")
             }],
+            last_reload: None,
         }
     }
 

@@ -137,7 +137,7 @@ pub fn service_user_warnings(cfg: &crate::config::Config) -> Vec<String> {
     if Path::new(&cfg.source).is_file() {
         files.push(PathBuf::from(&cfg.source));
     }
-    files.extend(cfg.secret_file.iter().cloned());
+    files.extend(cfg.secret_files.iter().cloned());
     files.extend(
         [&cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca]
             .into_iter()

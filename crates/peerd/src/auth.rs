@@ -31,11 +31,28 @@
 //! Authentication proves who is at the other end of the handshake; it does
 //! not protect the bytes that follow. Across an untrusted network use TLS
 //! (`wss://`) as well, which does.
+//!
+//! # Several secrets at once (the keyring)
+//!
+//! A node may hold several secrets, in order of preference (the first is
+//! the newest), so a secret can be rotated one host at a time with the link
+//! up throughout. Each secret has a [`KeyId`]: the first 4 bytes of
+//! `SHA-256("peerlink secret id v1" ‖ secret)`, shown as 8 hex digits. Both
+//! Hellos list the ids their sender holds, in its order; the secret used is
+//! [`agree`]'s pick: **the first id in the dialler's list that the listener
+//! also holds**, which both sides compute alike from the two Hellos. No
+//! shared id: refused before any proof, with both lists in the reason.
+//!
+//! An id is a 32-bit hash of the secret, sent before authentication. With
+//! a random secret (`openssl rand -hex 32`, as the README says) it tells
+//! nothing usable; a guessable secret could already be tried offline
+//! against a recorded handshake's proofs.
 
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Length of a handshake nonce.
 pub const NONCE_LEN: usize = 32;
@@ -48,11 +65,28 @@ pub type Nonce = [u8; NONCE_LEN];
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The short public name of a secret (module doc): never the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyId(pub [u8; 4]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Domain separation of [`KeyId`]s: an id is no MAC of anything else.
+const KEY_ID_LABEL: &[u8] = b"peerlink secret id v1";
+
 /// The pre-shared secret, kept as a keyed MAC. Its `Debug` never shows it.
 #[derive(Clone)]
 pub struct Secret {
     keyed: HmacSha256,
     len: usize,
+    id: KeyId,
 }
 
 impl Secret {
@@ -65,10 +99,21 @@ impl Secret {
             ));
         }
         let keyed = HmacSha256::new_from_slice(bytes).map_err(|e| format!("secret: {e}"))?;
+        let digest = Sha256::new()
+            .chain_update(KEY_ID_LABEL)
+            .chain_update(bytes)
+            .finalize();
+        let id = KeyId([digest[0], digest[1], digest[2], digest[3]]);
         Ok(Secret {
             keyed,
             len: bytes.len(),
+            id,
         })
+    }
+
+    /// Its public short name.
+    pub fn id(&self) -> KeyId {
+        self.id
     }
 
     /// Its length in bytes (what `check-config` may show).
@@ -84,7 +129,7 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<masked>, {} bytes)", self.len)
+        write!(f, "Secret(<masked>, {} bytes, id {})", self.len, self.id)
     }
 }
 
@@ -110,6 +155,23 @@ impl Role {
 pub struct Transcript<'a> {
     pub dialler_hello: &'a [u8],
     pub listener_hello: &'a [u8],
+}
+
+/// The secret both sides use: the first of the dialler's ids (its order of
+/// preference) that the listener holds too. Pure, so both sides agree.
+pub fn agree(dialler: &[KeyId], listener: &[KeyId]) -> Option<KeyId> {
+    dialler.iter().copied().find(|id| listener.contains(id))
+}
+
+/// Ids as `status` and the log show them: `1a2b3c4d, 5e6f7a8b`.
+pub fn show_ids(ids: &[KeyId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(KeyId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A fresh nonce from the thread-local CSPRNG (seeded by the OS).
@@ -199,6 +261,32 @@ mod tests {
         let s = secret("a very secret value");
         assert!(!format!("{s:?}").contains("secret value"));
         assert_eq!(s.len(), 19);
+    }
+
+    #[test]
+    fn ids_are_short_stable_and_never_the_secret() {
+        let s = secret("0123456789abcdef0123");
+        assert_eq!(s.id(), secret("0123456789abcdef0123").id());
+        assert_ne!(s.id(), secret("0123456789abcdef0124").id());
+        let shown = s.id().to_string();
+        assert_eq!(shown.len(), 8);
+        assert!(shown.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Not a prefix of the plain SHA-256 of the secret (labelled).
+        let plain = Sha256::digest(b"0123456789abcdef0123");
+        assert_ne!(&plain[..4], &s.id().0);
+        assert!(format!("{s:?}").contains(&shown));
+    }
+
+    #[test]
+    fn agreement_is_the_dialler_first_shared() {
+        let (old, new, other) = (KeyId([1; 4]), KeyId([2; 4]), KeyId([3; 4]));
+        assert_eq!(agree(&[new, old], &[old, new]), Some(new));
+        assert_eq!(agree(&[old, new], &[new]), Some(new));
+        assert_eq!(agree(&[old], &[new, old]), Some(old));
+        assert_eq!(agree(&[old], &[new, other]), None);
+        assert_eq!(agree(&[], &[new]), None);
+        assert_eq!(show_ids(&[old, new]), "01010101, 02020202");
+        assert_eq!(show_ids(&[]), "none");
     }
 
     #[test]

@@ -68,6 +68,7 @@ Environment:
 
 Signals:
   SIGTERM, SIGINT  close the links with \"going away\", write the journal's state, remove the control socket and exit 0 within 2 s
+  SIGHUP  re-read the config and apply what changed without touching unaffected links (as `peerctl reload`); a bad config is refused whole and the old one kept
 
 Exit status:
   0  stopped by a signal, or check-config / journal found nothing wrong

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::Secret;
+use crate::auth::{self, Secret};
 use crate::error::{Error, Result};
 use crate::origin;
 use crate::units::{HumanDuration, Size};
@@ -64,11 +64,12 @@ pub struct Config {
     /// Accept plain WebSocket clients (no `peerlink.v1` subprotocol) even
     /// when a secret is set. See [`Config::plain_clients_allowed`].
     pub plain_clients: bool,
-    /// The pre-shared secret peers prove they know (`secret` or
-    /// `secret_file`); none: peers are not authenticated.
-    pub secret: Option<Secret>,
-    /// Where the secret was read from, if from a file.
-    pub secret_file: Option<PathBuf>,
+    /// The pre-shared secrets peers prove they know, preferred (newest)
+    /// first (`secret`, `secret_file`, `secrets` or `secret_files`; see
+    /// `auth` for the keyring); empty: peers are not authenticated.
+    pub secrets: Vec<Secret>,
+    /// Where the secrets were read from, if from files (same order).
+    pub secret_files: Vec<PathBuf>,
     /// Allow a non-loopback `listen` without a secret (warned at start).
     pub insecure: bool,
     /// Origins of web pages that may open a WebSocket here, normalised
@@ -122,6 +123,8 @@ struct File {
     plain_clients: Option<bool>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    secrets: Option<Vec<String>>,
+    secret_files: Option<Vec<PathBuf>>,
     insecure: Option<bool>,
     allowed_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
@@ -265,20 +268,49 @@ impl Config {
         }
         let base = Path::new(source).parent().unwrap_or(Path::new(""));
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let (secret, secret_file) = match (file.secret, file.secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(err("set either `secret` or `secret_file`, not both".into()));
+        let given = [
+            file.secret.is_some(),
+            file.secret_file.is_some(),
+            file.secrets.is_some(),
+            file.secret_files.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(err(
+                "set only one of `secret`, `secret_file`, `secrets` and `secret_files`".into(),
+            ));
+        }
+        let inline: Vec<String> = file
+            .secret
+            .into_iter()
+            .chain(file.secrets.unwrap_or_default())
+            .collect();
+        let files: Vec<PathBuf> = file
+            .secret_file
+            .into_iter()
+            .chain(file.secret_files.unwrap_or_default())
+            .map(resolve)
+            .collect();
+        let mut secrets = Vec::new();
+        for (i, s) in inline.iter().enumerate() {
+            let n = if inline.len() > 1 {
+                format!("secrets[{i}]")
+            } else {
+                "secret".into()
+            };
+            secrets.push(Secret::new(s.as_bytes()).map_err(|e| err(format!("{n}: {e}")))?);
+        }
+        for p in &files {
+            secrets.push(read_secret_file(p).map_err(err)?);
+        }
+        for (i, s) in secrets.iter().enumerate() {
+            if secrets[..i].iter().any(|t| t.id() == s.id()) {
+                return Err(err(format!(
+                    "the same secret (id {}) is listed twice",
+                    s.id()
+                )));
             }
-            (Some(s), None) => (
-                Some(Secret::new(s.as_bytes()).map_err(|e| err(format!("secret: {e}")))?),
-                None,
-            ),
-            (None, Some(p)) => {
-                let p = resolve(p);
-                (Some(read_secret_file(&p).map_err(err)?), Some(p))
-            }
-            (None, None) => (None, None),
-        };
+        }
+        let secret_files = files;
         let tls = file
             .tls
             .map(|t| TlsFiles {
@@ -348,8 +380,8 @@ impl Config {
                 .unwrap_or(1 << 30),
             fsync: file.fsync.unwrap_or(Fsync::Batch),
             plain_clients: file.plain_clients.unwrap_or(false),
-            secret,
-            secret_file,
+            secrets,
+            secret_files,
             insecure: file.insecure.unwrap_or(false),
             allowed_origins,
             allowed_hosts,
@@ -363,13 +395,13 @@ impl Config {
     /// no secret is configured, and with a secret only if `plain_clients =
     /// true`, so they never bypass peer authentication.
     pub fn plain_clients_allowed(&self) -> bool {
-        self.plain_clients || self.secret.is_none()
+        self.plain_clients || self.secrets.is_empty()
     }
 
     /// Listening beyond this host with no secret: allowed only with
     /// `insecure = true`, and warned about at start.
     pub fn insecure_listen(&self) -> bool {
-        !self.listen.ip().is_loopback() && self.secret.is_none()
+        !self.listen.ip().is_loopback() && self.secrets.is_empty()
     }
 
     /// The `Origin` and `Host` check of the listener: `Host` is checked
@@ -474,10 +506,25 @@ impl Config {
                 );
             }
         }
-        if let Some(p) = &self.secret_file {
-            let _ = writeln!(s, "secret_file = {}", quote(&p.display().to_string()));
-        } else if self.secret.is_some() {
-            let _ = writeln!(s, "secret = \"<masked>\"");
+        if !self.secrets.is_empty() {
+            let ids: Vec<auth::KeyId> = self.secrets.iter().map(Secret::id).collect();
+            let _ = writeln!(s, "# secret ids, preferred first: {}", auth::show_ids(&ids));
+        }
+        match (self.secret_files.as_slice(), self.secrets.len()) {
+            ([p], _) => {
+                let _ = writeln!(s, "secret_file = {}", quote(&p.display().to_string()));
+            }
+            ([], 0) => {}
+            ([], 1) => {
+                let _ = writeln!(s, "secret = \"<masked>\"");
+            }
+            ([], n) => {
+                let _ = writeln!(s, "secrets = [{}]", vec!["\"<masked>\""; n].join(", "));
+            }
+            (files, _) => {
+                let shown: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                let _ = writeln!(s, "secret_files = {}", quote_list(&shown));
+            }
         }
         if self.insecure {
             let _ = writeln!(s, "insecure = true");
@@ -861,7 +908,7 @@ mod tests {
     fn secret_is_masked_and_exclusive() {
         let text = "secret = \"correct horse battery staple\"";
         let c = Config::parse("a", text, "a.toml").unwrap();
-        assert_eq!(c.secret.as_ref().map(|s| s.len()), Some(28));
+        assert_eq!(c.secrets.iter().map(|s| s.len()).collect::<Vec<_>>(), [28]);
         let shown = c.render();
         assert!(shown.contains("secret = \"<masked>\""), "{shown}");
         assert!(!shown.contains("horse"), "{shown}");
@@ -873,11 +920,45 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("not both"), "{e}");
+        assert!(e.contains("only one of"), "{e}");
         let e = Config::parse("a", "secret = \"short\"", "a.toml")
             .unwrap_err()
             .to_string();
         assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn a_keyring_keeps_its_order_and_shows_only_ids() {
+        let text = "secrets = [\"new secret 0123456789\", \"old secret 0123456789\"]";
+        let c = Config::parse("a", text, "a.toml").unwrap();
+        let new = Secret::new(b"new secret 0123456789").unwrap().id();
+        let old = Secret::new(b"old secret 0123456789").unwrap().id();
+        assert_eq!(
+            c.secrets.iter().map(Secret::id).collect::<Vec<_>>(),
+            [new, old]
+        );
+        let shown = c.render();
+        assert!(
+            shown.contains(&format!("preferred first: {new}, {old}")),
+            "{shown}"
+        );
+        assert!(!shown.contains("0123456789"), "{shown}");
+        let e = Config::parse(
+            "a",
+            "secrets = [\"same secret 0123456\", \"same secret 0123456\"]",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = Config::parse(
+            "a",
+            "secrets = [\"long enough secret!\", \"short\"]",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("secrets[1]") && e.contains("at least 16"), "{e}");
     }
 
     #[cfg(unix)]
@@ -897,8 +978,8 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse("a", "secret_file = \"secret\"", &source).unwrap();
         // The newline is not part of the secret.
-        assert_eq!(c.secret.as_ref().map(|s| s.len()), Some(20));
-        assert_eq!(c.secret_file.as_deref(), Some(file.as_path()));
+        assert_eq!(c.secrets.iter().map(|s| s.len()).collect::<Vec<_>>(), [20]);
+        assert_eq!(c.secret_files, std::slice::from_ref(&file));
         assert!(c.render().contains("secret_file = "));
         let e = Config::parse("a", "secret_file = \"nope\"", &source)
             .unwrap_err()

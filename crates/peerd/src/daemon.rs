@@ -1,24 +1,29 @@
 //! Wiring: bind the listener and the control socket, open the journal,
 //! start one link task per peer, the listener and the control server, and
-//! run until the shutdown token fires; then close every link with "going
+//! run until the shutdown token fires, applying reloads on the way (SIGHUP,
+//! `peerctl reload`; see `reload`); then close every link with "going
 //! away", let every task drain, and remove the socket.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use peerlink::control::ReloadReport;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Fsync};
 use crate::error::{Error, Result};
+use crate::handshake::Established;
 use crate::journal::{self, Journal};
 use crate::link::Link;
 use crate::listener::{self, Accepting};
+use crate::reload::{self, Current, KeyAges, Settings};
 use crate::server::{self, Control};
+use crate::service::notify;
 use crate::status::PeerBoard;
 use crate::tls::Tls;
 
@@ -29,15 +34,19 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// Socket mode 0660 instead of 0600 (under a service manager).
     pub shared_socket: bool,
+    /// `--config`, if given: what a reload reads again (else the default
+    /// location, as at start).
+    pub config: Option<PathBuf>,
 }
 
 /// What the daemon hands its caller once it is ready to serve.
 pub struct Ready {
     /// The address it actually listens on (port 0 resolved).
     pub listen: std::net::SocketAddr,
-    /// The status record of each peer link, for the service manager's
-    /// STATUS= line (`service::notify`); read-only for the caller.
-    pub boards: Vec<PeerBoard>,
+    /// The settings of the moment, whose status records of the peer links
+    /// feed the service manager's STATUS= line (`service::notify`);
+    /// read-only for the caller.
+    pub settings: Settings,
 }
 
 /// Called once the daemon is ready to serve (listener and control socket
@@ -51,6 +60,10 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: OnReady,
 ) -> Result<()> {
+    // First: SIGHUP's default action ends the process, and `systemctl
+    // reload` may come at any time. Asks wait until the daemon is ready.
+    let (asks_tx, mut asks) = mpsc::channel(4);
+    crate::service::reload_on_sighup(asks_tx.clone())?;
     let cfg = Arc::new(cfg);
     let tls = Arc::new(Tls::load(&cfg)?);
     let tcp = match TcpListener::bind(cfg.listen).await {
@@ -104,30 +117,29 @@ pub async fn run(
     })?;
 
     let tracker = TaskTracker::new();
-    let mut links = HashMap::new();
-    let mut boards = Vec::new();
-    for peer in &cfg.peers {
-        let (tx, rx) = mpsc::channel(4);
-        let board = PeerBoard::new(&peer.name, &peer.url);
-        links.insert(peer.name.clone(), tx);
-        boards.push(board.clone());
-        let link = Link {
-            cfg: cfg.clone(),
-            peer: peer.clone(),
-            journal: journal.clone(),
-            tls: tls.clone(),
-            board,
-            offers: rx,
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        };
-        tracker.spawn(link.run());
-    }
-    let accepting = Arc::new(Accepting {
+    let key_ages = KeyAges::new(&paths.state_dir);
+    let (settings_tx, settings) = watch::channel(Arc::new(Current {
         cfg: cfg.clone(),
+        tls: tls.clone(),
+        links: HashMap::new(),
+        boards: Vec::new(),
+        key_ages: key_ages.update(&reload::ids(&cfg)),
+    }));
+    let mut running = Running {
+        paths: paths.clone(),
         journal: journal.clone(),
-        tls,
-        links,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        settings: settings_tx,
+        links: HashMap::new(),
+        tls_digest: reload::tls_digest(&cfg),
+        key_ages,
+        last: Arc::new(Mutex::new(None)),
+    };
+    running.apply(cfg.clone(), tls);
+    let accepting = Arc::new(Accepting {
+        journal: journal.clone(),
+        settings: settings.clone(),
     });
     tracker.spawn(listener::run(
         tcp,
@@ -137,12 +149,13 @@ pub async fn run(
     ));
     let ready = Ready {
         listen,
-        boards: boards.clone(),
+        settings: settings.clone(),
     };
     let ctl = Arc::new(Control {
-        cfg: cfg.clone(),
+        settings,
         journal: journal.clone(),
-        boards,
+        reload: asks_tx,
+        last_reload: running.last.clone(),
         started_ms: peerlink::now_ms(),
         listen: listen.to_string(),
         socket: paths.socket.display().to_string(),
@@ -158,7 +171,17 @@ pub async fn run(
     );
     on_ready(ready);
 
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ask) = asks.recv() => {
+                let report = running.reload();
+                if let Some(reply) = ask.reply {
+                    let _ = reply.send(report);
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     tracker.close();
     // 1.5 s, so the whole stop (signal to exit) stays within the 2 s that
@@ -181,4 +204,168 @@ pub async fn run(
     let _ = std::fs::remove_file(&paths.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One peer's link task, as the daemon keeps it.
+struct LinkHandle {
+    /// Stops the link (a reload removed the peer).
+    stop: CancellationToken,
+    offers: mpsc::Sender<Established>,
+    board: PeerBoard,
+}
+
+/// What the daemon changes on a reload.
+struct Running {
+    paths: Paths,
+    journal: Journal,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    settings: watch::Sender<Arc<Current>>,
+    links: HashMap<String, LinkHandle>,
+    /// The TLS files' contents as last loaded (a renewal keeps the paths).
+    tls_digest: Vec<u8>,
+    key_ages: KeyAges,
+    last: Arc<Mutex<Option<ReloadReport>>>,
+}
+
+impl Running {
+    /// Re-read the config; apply it whole or refuse it whole. Logged, told
+    /// to systemd, and kept for `peerctl status`.
+    fn reload(&mut self) -> ReloadReport {
+        notify::reloading();
+        let result = self.try_reload().map_err(|e| one_line(&e));
+        let report = ReloadReport {
+            at_ms: peerlink::now_ms(),
+            applied: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            changes: result.unwrap_or_default(),
+        };
+        let line = match (&report.error, report.changes.is_empty()) {
+            (Some(e), _) => {
+                tracing::error!("reload refused, still running on the old config: {e}");
+                format!("reload refused: {e}")
+            }
+            (None, true) => {
+                tracing::info!("reloaded: nothing changed");
+                "reloaded: nothing changed".to_string()
+            }
+            (None, false) => {
+                let what = report.changes.join("; ");
+                tracing::info!("reloaded: {what}");
+                format!("reloaded: {what}")
+            }
+        };
+        notify::reloaded(&line);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        report
+    }
+
+    fn try_reload(&mut self) -> std::result::Result<Vec<String>, String> {
+        let old = self.settings.borrow().cfg.clone();
+        let new =
+            Config::load(&old.instance, self.paths.config.as_deref()).map_err(|e| e.to_string())?;
+        let tls = Tls::load(&new).map_err(|e| e.to_string())?;
+        let mut changes = reload::diff(&old, &new)?;
+        let digest = reload::tls_digest(&new);
+        if digest != self.tls_digest && new.tls == old.tls {
+            changes.push("[tls] certificate, key or CA renewed on disk".into());
+        }
+        self.tls_digest = digest;
+        self.apply(Arc::new(new), Arc::new(tls));
+        Ok(changes)
+    }
+
+    /// Make `cfg` current: stop the links of removed peers, start those of
+    /// new ones, and hand everyone the new settings.
+    fn apply(&mut self, cfg: Arc<Config>, tls: Arc<Tls>) {
+        self.journal
+            .set_peers(cfg.peers.iter().map(|p| p.name.clone()).collect());
+        let removed: Vec<String> = self
+            .links
+            .keys()
+            .filter(|n| !cfg.peers.iter().any(|p| &p.name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(h) = self.links.remove(&name) {
+                h.stop.cancel();
+            }
+        }
+        let mut start = Vec::new();
+        for peer in &cfg.peers {
+            if self.links.contains_key(&peer.name) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(4);
+            let handle = LinkHandle {
+                stop: self.shutdown.child_token(),
+                offers: tx,
+                board: PeerBoard::new(&peer.name, &peer.url),
+            };
+            start.push((
+                peer.name.clone(),
+                rx,
+                handle.stop.clone(),
+                handle.board.clone(),
+            ));
+            self.links.insert(peer.name.clone(), handle);
+        }
+        let current = Current {
+            links: cfg
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), self.links.get(&p.name)?.offers.clone())))
+                .collect(),
+            boards: cfg
+                .peers
+                .iter()
+                .filter_map(|p| Some(self.links.get(&p.name)?.board.clone()))
+                .collect(),
+            key_ages: self.key_ages.update(&reload::ids(&cfg)),
+            cfg,
+            tls,
+        };
+        self.settings.send_replace(Arc::new(current));
+        // After the new settings are out: a new link finds its peer there.
+        for (name, offers, stop, board) in start {
+            let link = Link {
+                name,
+                settings: self.settings.subscribe(),
+                journal: self.journal.clone(),
+                board,
+                offers,
+                shutdown: stop,
+                tracker: self.tracker.clone(),
+            };
+            self.tracker.spawn(link.run());
+        }
+    }
+}
+
+/// An error in one line, for the journal and `status`: the source snippet
+/// of a TOML error (`2 | bogus = 1`, `  | ^^^^^`) left out.
+fn one_line(e: &str) -> String {
+    e.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let rest = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !l.is_empty() && !rest.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_fit_one_line() {
+        let e = "a.toml: TOML parse error at line 2, column 1\n  |\n2 | bogus = 1\n  | ^^^^^\nunknown field `bogus`";
+        assert_eq!(
+            super::one_line(e),
+            "a.toml: TOML parse error at line 2, column 1: unknown field `bogus`"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
+    }
 }

@@ -1,33 +1,30 @@
 //! Dialling a peer: TCP connect, TLS for `wss://` (the peer's certificate
 //! checked against `[tls] ca`), WebSocket upgrade with the `peerlink.v1`
-//! subprotocol, then the dialler's side of the handshake.
+//! subprotocol; then `handshake` does the dialler's side of the handshake.
 
-use peerlink::control::Direction;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::auth::Transcript;
 use crate::config::{Config, Peer};
-use crate::handshake::{self, Established, HandshakeError};
+use crate::handshake::{self, Conn, Established, LinkError};
 use crate::journal::Journal;
 use crate::tls::Tls;
 use crate::transport::{Io, watched, ws_config};
-use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
+use crate::wire::SUBPROTOCOL;
 
 /// Dial `peer` and complete the handshake; the caller bounds the time.
-/// Errors are one line, meant for the log and `status`.
 pub async fn dial(
     cfg: &Config,
     journal: &Journal,
     tls: &Tls,
     peer: &Peer,
-) -> Result<Established, String> {
+) -> Result<Established, LinkError> {
     let mut request = peer
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("bad url {}: {e}", peer.url))?;
+        .map_err(|e| LinkError::BadUrl(format!("bad url {}: {e}", peer.url)))?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(SUBPROTOCOL),
@@ -35,66 +32,44 @@ pub async fn dial(
     let uri = request.uri().clone();
     let host = uri
         .host()
-        .ok_or_else(|| format!("no host in {}", peer.url))?;
+        .ok_or_else(|| LinkError::BadUrl(format!("no host in {}", peer.url)))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let tls_wanted = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls_wanted { 443 } else { 80 });
+    let connect_error = |error| LinkError::Connect {
+        addr: format!("{host}:{port}"),
+        error,
+    };
     let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        .map_err(connect_error)?;
     let _ = tcp.set_nodelay(true);
-    let remote = tcp.peer_addr().map_err(|e| e.to_string())?;
-    let local = tcp.local_addr().map_err(|e| e.to_string())?;
+    let remote = tcp.peer_addr().map_err(connect_error)?;
+    let local = tcp.local_addr().map_err(connect_error)?;
     let io: Box<dyn Io> = if tls_wanted {
-        Box::new(tls.connect(host, tcp).await?)
+        Box::new(tls.connect(host, tcp).await.map_err(LinkError::Tls)?)
     } else {
         Box::new(tcp)
     };
     let (io, liveness) = watched(io);
-    let (mut ws, response) =
+    let (ws, response) =
         tokio_tungstenite::client_async_with_config(request, io, Some(ws_config(cfg)))
             .await
-            .map_err(|e| upgrade_error(&peer.url, e))?;
+            .map_err(|e| LinkError::Upgrade(upgrade_error(&peer.url, e)))?;
     let agreed = response
         .headers()
         .get("Sec-WebSocket-Protocol")
         .and_then(|v| v.to_str().ok());
     if agreed != Some(SUBPROTOCOL) {
-        return Err(format!(
-            "{} did not agree to subprotocol {SUBPROTOCOL}: not a peerd?",
-            peer.url
-        ));
+        return Err(LinkError::NotPeerd(peer.url.clone()));
     }
-    let mine = handshake::hello_for(cfg, journal, &peer.name);
-    let mine = handshake::send_hello(&mut ws, mine).await?;
-    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
-    if let Err(e) = handshake::check_hello(&hello, Some(&peer.name), cfg) {
-        handshake::refuse_protocol(ws, &e).await;
-        return Err(e);
-    }
-    if let Err(e) = handshake::check_auth_mode(&hello, cfg) {
-        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(cfg)).await;
-        return Err(format!("{} ({remote}): {e}", peer.name));
-    }
-    let t = Transcript {
-        dialler_hello: &mine,
-        listener_hello: &theirs,
-    };
-    handshake::authenticate_dialler(&mut ws, cfg, &t)
-        .await
-        .map_err(|e| match e {
-            HandshakeError::Auth(_) => format!("{} ({remote}): {e}", peer.name),
-            HandshakeError::Protocol(e) | HandshakeError::Forbidden(e) => e,
-        })?;
-    Ok(Established {
+    let conn = Conn {
         ws,
         liveness,
-        hello,
-        dialled_by: cfg.node.clone(),
-        direction: Direction::Outbound,
         remote,
         local,
-    })
+    };
+    Ok(handshake::as_dialler(conn, cfg, journal, &peer.name).await?)
 }
 
 /// A refused upgrade, with the listener's reason when it gave one (a 403

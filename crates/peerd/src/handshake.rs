@@ -1,6 +1,7 @@
 //! The handshake that opens every peer session (see `wire` for the
-//! protocol): the Hello exchange and, with a secret, the mutual proofs of
-//! `auth`. The dialler speaks first, naming itself; the listener checks the
+//! protocol), both directions in one place ([`as_dialler`],
+//! [`as_listener`]; `dial` and `listener` keep only the transport): the
+//! Hello exchange and, with a secret, the mutual proofs of `auth`. The dialler speaks first, naming itself; the listener checks the
 //! name against its configured peers and answers with its own Hello, filled
 //! in for that peer; then the dialler proves it knows the secret, and only
 //! after checking that proof does the listener prove it too. Both
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{self, Role, Transcript};
+use crate::auth::{self, KeyId, Role, Secret, Transcript};
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::transport::{Liveness, Ws, max_frame};
@@ -50,6 +51,157 @@ impl From<String> for HandshakeError {
     }
 }
 
+/// Why dialling a peer did not give a session: typed, so the link task
+/// and `status` can tell a refusal from a network failure; one line each.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The peer's URL cannot be dialled.
+    BadUrl(String),
+    /// No TCP connection (refused, unreachable, DNS).
+    Connect { addr: String, error: std::io::Error },
+    /// TLS failed (certificate, handshake).
+    Tls(String),
+    /// The WebSocket upgrade was refused or failed (with the listener's
+    /// reason when it gave one).
+    Upgrade(String),
+    /// The other end is not a peerd (no `peerlink.v1`).
+    NotPeerd(String),
+    /// The peer handshake failed.
+    Handshake(HandshakeError),
+    /// All of it took longer than `handshake_timeout`.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::BadUrl(e) | LinkError::Tls(e) | LinkError::Upgrade(e) => f.write_str(e),
+            LinkError::Connect { addr, error } => write!(f, "connect {addr}: {error}"),
+            LinkError::NotPeerd(url) => {
+                write!(
+                    f,
+                    "{url} did not agree to subprotocol {}: not a peerd?",
+                    wire::SUBPROTOCOL
+                )
+            }
+            LinkError::Handshake(e) => e.fmt(f),
+            LinkError::Timeout(t) => {
+                write!(f, "no handshake within {}", humantime::format_duration(*t))
+            }
+        }
+    }
+}
+
+impl From<HandshakeError> for LinkError {
+    fn from(e: HandshakeError) -> Self {
+        LinkError::Handshake(e)
+    }
+}
+
+/// The connection a handshake runs over, past its upgrade.
+pub struct Conn {
+    pub ws: Ws,
+    pub liveness: Liveness,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// The dialler's side: we named `peer` and dialled it. Our Hello first,
+/// then the listener's, checked to be that peer; then the proofs.
+pub async fn as_dialler(
+    conn: Conn,
+    cfg: &Config,
+    journal: &Journal,
+    peer: &str,
+) -> Result<Established, HandshakeError> {
+    let Conn {
+        mut ws,
+        liveness,
+        remote,
+        local,
+    } = conn;
+    let mine = send_hello(&mut ws, hello_for(cfg, journal, peer)).await?;
+    let (hello, theirs) = read_hello(&mut ws).await?;
+    if let Err(e) = check_hello(&hello, Some(peer), cfg) {
+        refuse_protocol(ws, &e).await;
+        return Err(HandshakeError::Protocol(e));
+    }
+    // An authentication failure names the peer and its address (the log
+    // line and `status` of the dialler).
+    let named = |e: HandshakeError| match e {
+        HandshakeError::Auth(e) => HandshakeError::Auth(format!("{peer} ({remote}): {e}")),
+        e => e,
+    };
+    let secret = match agree_key(&hello, cfg, Role::Dialler) {
+        Ok(s) => s,
+        Err((e, reason)) => {
+            refuse(ws, CLOSE_AUTH, &reason).await;
+            return Err(named(e));
+        }
+    };
+    let t = Transcript {
+        dialler_hello: &mine,
+        listener_hello: &theirs,
+    };
+    authenticate_dialler(&mut ws, secret.as_ref(), &t)
+        .await
+        .map_err(named)?;
+    Ok(Established {
+        ws,
+        liveness,
+        hello,
+        dialled_by: cfg.node.clone(),
+        direction: Direction::Outbound,
+        remote,
+        local,
+        key: secret.map(|s| s.id()),
+    })
+}
+
+/// The listener's side: a dialler we do not know yet. Its Hello first,
+/// checked to be a configured peer; our Hello, filled in for it; then the
+/// proofs, its first.
+pub async fn as_listener(
+    conn: Conn,
+    cfg: &Config,
+    journal: &Journal,
+) -> Result<Established, HandshakeError> {
+    let Conn {
+        mut ws,
+        liveness,
+        remote,
+        local,
+    } = conn;
+    let (hello, theirs) = read_hello(&mut ws).await?;
+    if let Err(e) = check_hello(&hello, None, cfg) {
+        refuse_protocol(ws, &e).await;
+        return Err(HandshakeError::Protocol(e));
+    }
+    let secret = match agree_key(&hello, cfg, Role::Listener) {
+        Ok(s) => s,
+        Err((e, reason)) => {
+            refuse(ws, CLOSE_AUTH, &reason).await;
+            return Err(e);
+        }
+    };
+    let mine = send_hello(&mut ws, hello_for(cfg, journal, &hello.node)).await?;
+    let t = Transcript {
+        dialler_hello: &theirs,
+        listener_hello: &mine,
+    };
+    authenticate_listener(&mut ws, secret.as_ref(), &t).await?;
+    Ok(Established {
+        ws,
+        liveness,
+        dialled_by: hello.node.clone(),
+        hello,
+        direction: Direction::Inbound,
+        remote,
+        local,
+        key: secret.map(|s| s.id()),
+    })
+}
+
 /// A session whose handshake is complete, on its way to its link task.
 pub struct Established {
     pub ws: Ws,
@@ -62,10 +214,13 @@ pub struct Established {
     pub direction: Direction,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The id of the secret the session was authenticated with (none: no
+    /// secret).
+    pub key: Option<KeyId>,
 }
 
 /// Our Hello to `peer`.
-pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
+fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
     let st = journal.peer(peer);
     Hello {
         node: cfg.node.clone(),
@@ -75,12 +230,13 @@ pub fn hello_for(cfg: &Config, journal: &Journal, peer: &str) -> Hello {
         expect_epoch: st.recv_epoch,
         expect_next: st.recv_next,
         max_frame: max_frame(cfg),
-        nonce: cfg.secret.as_ref().map(|_| auth::fresh_nonce()),
+        nonce: (!cfg.secrets.is_empty()).then(auth::fresh_nonce),
+        keys: cfg.secrets.iter().map(Secret::id).collect(),
     }
 }
 
 /// Send our Hello; returns the bytes sent (they are part of the transcript).
-pub async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
+async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
     let bytes = PeerFrame::Hello(hello)
         .encode()
         .map_err(|e| e.to_string())?;
@@ -92,7 +248,7 @@ pub async fn send_hello(ws: &mut Ws, hello: Hello) -> Result<Vec<u8>, String> {
 
 /// Read the peer's Hello; returns it and its bytes. A Hello of another
 /// protocol version is refused with a message saying which.
-pub async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
+async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
     let bytes = read_binary(ws).await?;
     match PeerFrame::decode(&bytes) {
         Ok(PeerFrame::Hello(h)) => Ok((h, bytes)),
@@ -108,7 +264,7 @@ pub async fn read_hello(ws: &mut Ws) -> Result<(Hello, Vec<u8>), String> {
 }
 
 /// Read the next peer frame, skipping pings and pongs.
-pub async fn read_frame(ws: &mut Ws) -> Result<PeerFrame, String> {
+async fn read_frame(ws: &mut Ws) -> Result<PeerFrame, String> {
     let bytes = read_binary(ws).await?;
     PeerFrame::decode(&bytes).map_err(|e| format!("handshake: {e}"))
 }
@@ -133,7 +289,7 @@ async fn read_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
 }
 
 /// Send one peer frame.
-pub async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
+async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
     let bytes = frame.encode().map_err(|e| e.to_string())?;
     ws.send(Message::Binary(bytes.into()))
         .await
@@ -141,7 +297,7 @@ pub async fn send_frame(ws: &mut Ws, frame: &PeerFrame) -> Result<(), String> {
 }
 
 /// Check a peer's Hello: version, and that it is who we think.
-pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Result<(), String> {
+fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Result<(), String> {
     if hello.version != WIRE_VERSION {
         return Err(format!(
             "peer {} speaks peer protocol version {} (peerd {}), this node speaks {} (peerd {})",
@@ -168,46 +324,77 @@ pub fn check_hello(hello: &Hello, expected: Option<&str>, cfg: &Config) -> Resul
     }
 }
 
-/// Both sides need a secret, or neither: a mismatch is refused at once,
-/// with a message that says which side lacks it.
-pub fn check_auth_mode(hello: &Hello, cfg: &Config) -> Result<(), HandshakeError> {
-    match (cfg.secret.is_some(), hello.nonce.is_some()) {
-        (true, false) => Err(HandshakeError::Auth(format!(
-            "peer {:?} has no secret but this node requires one; set the same `secret` on both",
-            hello.node
-        ))),
-        (false, true) => Err(HandshakeError::Auth(format!(
-            "peer {:?} has a secret but this node has none; set the same `secret` on both",
-            hello.node
-        ))),
-        _ => Ok(()),
+/// Which secret this session uses: both sides need a secret, or neither,
+/// and with secrets [`auth::agree`] picks one both hold. A mismatch is
+/// refused at once: the error for our log, and the close reason for the
+/// peer's, both saying which side lacks what.
+fn agree_key(
+    hello: &Hello,
+    cfg: &Config,
+    role: Role,
+) -> Result<Option<Secret>, (HandshakeError, String)> {
+    let mine: Vec<KeyId> = cfg.secrets.iter().map(Secret::id).collect();
+    match (mine.is_empty(), hello.nonce.is_some()) {
+        (true, false) => return Ok(None),
+        (false, false) => {
+            return Err((
+                HandshakeError::Auth(format!(
+                    "peer {:?} has no secret but this node requires one; set the same `secret` on both",
+                    hello.node
+                )),
+                format!(
+                    "{} requires authentication: set the same secret on both nodes",
+                    cfg.node
+                ),
+            ));
+        }
+        (true, true) => {
+            return Err((
+                HandshakeError::Auth(format!(
+                    "peer {:?} has a secret but this node has none; set the same `secret` on both",
+                    hello.node
+                )),
+                format!(
+                    "{} has no secret configured: set the same secret on both nodes",
+                    cfg.node
+                ),
+            ));
+        }
+        (false, true) => {}
     }
-}
-
-/// The close reason for a secret on only one side, as the other side
-/// should read it.
-pub fn auth_mode_reason(cfg: &Config) -> String {
-    if cfg.secret.is_some() {
-        format!(
-            "{} requires authentication: set the same secret on both nodes",
-            cfg.node
-        )
-    } else {
-        format!(
-            "{} has no secret configured: set the same secret on both nodes",
-            cfg.node
-        )
+    let (dialler, listener) = match role {
+        Role::Dialler => (&mine, &hello.keys),
+        Role::Listener => (&hello.keys, &mine),
+    };
+    let chosen =
+        auth::agree(dialler, listener).and_then(|id| cfg.secrets.iter().find(|s| s.id() == id));
+    match chosen {
+        Some(s) => Ok(Some(s.clone())),
+        None => Err((
+            HandshakeError::Auth(format!(
+                "wrong secret? no secret in common with peer {:?}: this node holds {}, the peer {} \
+                 (secret ids; the same secret on both has the same id)",
+                hello.node,
+                auth::show_ids(&mine),
+                auth::show_ids(&hello.keys)
+            )),
+            format!(
+                "authentication failed: wrong secret? no secret in common ({} holds {})",
+                cfg.node,
+                auth::show_ids(&mine)
+            ),
+        )),
     }
 }
 
 /// The dialler's side of authentication (with a secret): prove, then
 /// check the listener's proof. Closes the connection on failure.
-pub async fn authenticate_dialler(
+async fn authenticate_dialler(
     ws: &mut Ws,
-    cfg: &Config,
+    secret: Option<&Secret>,
     t: &Transcript<'_>,
 ) -> Result<(), HandshakeError> {
-    let Some(secret) = &cfg.secret else {
+    let Some(secret) = secret else {
         return Ok(());
     };
     let mine = auth::proof(secret, Role::Dialler, t);
@@ -234,12 +421,12 @@ pub async fn authenticate_dialler(
 
 /// The listener's side of authentication (with a secret): check the
 /// dialler's proof, and only then prove. Closes the connection on failure.
-pub async fn authenticate_listener(
+async fn authenticate_listener(
     ws: &mut Ws,
-    cfg: &Config,
+    secret: Option<&Secret>,
     t: &Transcript<'_>,
 ) -> Result<(), HandshakeError> {
-    let Some(secret) = &cfg.secret else {
+    let Some(secret) = secret else {
         return Ok(());
     };
     let theirs = match read_frame(ws).await {

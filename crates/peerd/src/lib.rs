@@ -27,6 +27,7 @@
 //! | `link`      | one task per peer: backoff, collisions, link status      |
 //! | `session`   | one live session: data, acks, heartbeats                 |
 //! | `server`    | the control socket (`peerctl`)                           |
+//! | `reload`    | what a reload may change live; the settings of the moment |
 //! | `service`   | signals, systemd notification, `--daemon`                |
 //! | `daemon`    | wiring it all together and shutting it down              |
 
@@ -45,6 +46,7 @@ pub mod link;
 pub mod listener;
 pub mod origin;
 pub mod plain;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod session;

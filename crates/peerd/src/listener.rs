@@ -19,14 +19,12 @@
 //! a peer out), each within `handshake_timeout`, and no WebSocket message
 //! larger than a peer frame is buffered.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerlink::control::Direction;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Eviction};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -34,23 +32,19 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Transcript;
-use crate::config::Config;
 use crate::handshake::{self, Established, HandshakeError};
 use crate::journal::Journal;
 use crate::plain;
-use crate::tls::Tls;
+use crate::reload::{Current, Settings};
 use crate::transport::{Ws, watched, ws_config};
 use crate::wire::{CLOSE_AUTH, SUBPROTOCOL};
 
 /// What the listener needs to hand sessions on.
 pub struct Accepting {
-    pub cfg: Arc<Config>,
     pub journal: Journal,
-    /// The listener's TLS (none: plain `ws://`).
-    pub tls: Arc<Tls>,
-    /// The link task of each peer, by node name.
-    pub links: HashMap<String, mpsc::Sender<Established>>,
+    /// Config, TLS and the link task of each peer, as of now: each
+    /// connection takes one snapshot and keeps it (see `reload`).
+    pub settings: Settings,
 }
 
 /// Accept until `shutdown`.
@@ -60,7 +54,8 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let admission = Admission::new(ctx.cfg.max_pending_handshakes);
+    let mut slots = ctx.settings.borrow().cfg.max_pending_handshakes;
+    let mut admission = Admission::new(slots);
     let plain_slots = Arc::new(Semaphore::new(plain::MAX_CLIENTS));
     // Under a flood, one line a minute at most: when the slots first run
     // out, then how many were closed since.
@@ -80,6 +75,13 @@ pub async fn run(
                 }
             },
         };
+        let current = ctx.settings.borrow().clone();
+        if current.cfg.max_pending_handshakes != slots {
+            // A reload changed the limit: new connections use new slots;
+            // the pending ones finish in the old.
+            slots = current.cfg.max_pending_handshakes;
+            admission = Admission::new(slots);
+        }
         let (ticket, eviction) = admission.admit(remote.ip());
         if let Some(e) = eviction {
             closed_since_log += 1;
@@ -88,8 +90,8 @@ pub async fn run(
                     e;
                 tracing::warn!(
                     "pending handshakes full ({} at most, {} per source): closing the oldest from the busiest source ({source}, {held} pending); {closed_since_log} closed since the last such line (one a minute at most)",
-                    ctx.cfg.max_pending_handshakes,
-                    crate::admission::per_source(ctx.cfg.max_pending_handshakes),
+                    slots,
+                    crate::admission::per_source(slots),
                 );
                 flood_logged = Some(tokio::time::Instant::now());
                 closed_since_log = 0;
@@ -99,14 +101,14 @@ pub async fn run(
         let shutdown = shutdown.clone();
         let plain_slots = plain_slots.clone();
         tracker.spawn(async move {
-            let timeout = ctx.cfg.handshake_timeout;
+            let timeout = current.cfg.handshake_timeout;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticket.evicted() => {
                     tracing::debug!(%remote, "pending handshake closed to make room (flood)");
                     return;
                 }
-                r = tokio::time::timeout(timeout, accept(tcp, remote, &ctx)) => r,
+                r = tokio::time::timeout(timeout, accept(tcp, remote, &current, &ctx.journal)) => r,
             };
             drop(ticket);
             match result {
@@ -115,13 +117,13 @@ pub async fn run(
                 Ok(Err(HandshakeError::Forbidden(e))) => tracing::warn!(%remote, "{e}"),
                 Ok(Err(e)) => tracing::info!(%remote, "refused: {e}"),
                 Ok(Ok(Accepted::Peer(est))) => {
-                    if let Some(link) = ctx.links.get(&est.hello.node) {
+                    if let Some(link) = current.links.get(&est.hello.node) {
                         let _ = link.send(est).await;
                     }
                 }
                 Ok(Ok(Accepted::Plain(ws))) => match plain_slots.try_acquire_owned() {
                     Ok(slot) => {
-                        plain::serve(ws, remote, ctx.cfg.clone(), ctx.journal.clone(), shutdown).await;
+                        plain::serve(ws, remote, current.cfg.clone(), ctx.journal.clone(), shutdown).await;
                         drop(slot);
                     }
                     Err(_) => {
@@ -164,7 +166,8 @@ fn forbidden_response(body: String) -> ErrorResponse {
 async fn accept(
     tcp: TcpStream,
     remote: SocketAddr,
-    ctx: &Accepting,
+    ctx: &Current,
+    journal: &Journal,
 ) -> Result<Accepted, HandshakeError> {
     let _ = tcp.set_nodelay(true);
     crate::transport::keepalive(&tcp, &ctx.cfg);
@@ -208,7 +211,7 @@ async fn accept(
     if let Some(why) = forbidden {
         return Err(HandshakeError::Forbidden(why));
     }
-    let mut ws = upgraded.map_err(|e| format!("websocket upgrade: {e}"))?;
+    let ws = upgraded.map_err(|e| format!("websocket upgrade: {e}"))?;
     if !wants_peer {
         if !ctx.cfg.plain_clients_allowed() {
             handshake::refuse(
@@ -225,29 +228,12 @@ async fn accept(
         }
         return Ok(Accepted::Plain(ws));
     }
-    let (hello, theirs) = handshake::read_hello(&mut ws).await?;
-    if let Err(e) = handshake::check_hello(&hello, None, &ctx.cfg) {
-        handshake::refuse_protocol(ws, &e).await;
-        return Err(e.into());
-    }
-    if let Err(e) = handshake::check_auth_mode(&hello, &ctx.cfg) {
-        handshake::refuse(ws, CLOSE_AUTH, &handshake::auth_mode_reason(&ctx.cfg)).await;
-        return Err(e);
-    }
-    let mine = handshake::hello_for(&ctx.cfg, &ctx.journal, &hello.node);
-    let mine = handshake::send_hello(&mut ws, mine).await?;
-    let t = Transcript {
-        dialler_hello: &theirs,
-        listener_hello: &mine,
-    };
-    handshake::authenticate_listener(&mut ws, &ctx.cfg, &t).await?;
-    Ok(Accepted::Peer(Established {
+    let conn = handshake::Conn {
         ws,
         liveness,
-        dialled_by: hello.node.clone(),
-        hello,
-        direction: Direction::Inbound,
         remote,
         local,
-    }))
+    };
+    let est = handshake::as_listener(conn, &ctx.cfg, journal).await?;
+    Ok(Accepted::Peer(est))
 }

@@ -90,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let notify_shutdown = shutdown.clone();
         let readiness = daemonized.as_ref().map(|d| d.readiness.clone());
         let on_ready = Box::new(move |ready: daemon::Ready| {
-            peerd::service::notify::start(ready.boards, notify_shutdown);
+            peerd::service::notify::start(ready.settings, notify_shutdown);
             if let Some(r) = readiness {
                 r.lock().unwrap_or_else(|p| p.into_inner()).ready();
             }
@@ -99,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             state_dir,
             shared_socket,
+            config: cli.config.clone(),
         };
         daemon::run(cfg, paths, shutdown, on_ready).await?;
         Ok(())

@@ -16,16 +16,16 @@
 //! [`MAX_PIPELINED`] requests of one client wait for their replies before
 //! its next request is read.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use peerlink::control::{
-    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, Request, Response, Status, TAIL_BATCH_BYTES, TailStart,
-    request_limit,
+    ErrorKind, MAX_FRAME, PROTOCOL_VERSION, ReloadReport, Request, Response, Status,
+    TAIL_BATCH_BYTES, TailStart, request_limit,
 };
 use peerlink::endpoint::{RecvHalf, SendHalf};
 use peerlink::frame::{self, FrameError, Reader, Writer};
@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::journal::{Cursor, Journal, JournalError, Log};
-use crate::status::PeerBoard;
+use crate::reload::{self, Settings};
 
 /// Entries per `Entries` reply while catching up.
 const TAIL_CHUNK: usize = 1000;
@@ -45,13 +45,23 @@ pub const MAX_PIPELINED: usize = 64;
 
 /// What the control server answers from.
 pub struct Control {
-    pub cfg: Arc<Config>,
+    /// The config and the peer links of the moment (see `reload`).
+    pub settings: Settings,
     pub journal: Journal,
-    pub boards: Vec<PeerBoard>,
+    /// Where `peerctl reload` asks for a reload.
+    pub reload: mpsc::Sender<reload::Ask>,
+    /// What the last reload did.
+    pub last_reload: Arc<Mutex<Option<ReloadReport>>>,
     pub started_ms: u64,
     pub listen: String,
     pub socket: String,
     pub state_dir: String,
+}
+
+impl Control {
+    fn cfg(&self) -> Arc<Config> {
+        self.settings.borrow().cfg.clone()
+    }
 }
 
 /// Serve clients until `shutdown`.
@@ -103,19 +113,19 @@ type Replies = std::pin::Pin<Box<dyn Future<Output = Vec<Response>> + Send>>;
 
 async fn serve(conn: Stream, ctx: &Control) {
     let (rx, tx) = peerlink::endpoint::split(conn);
-    let mut reader = frame::reader(rx, request_limit(ctx.cfg.max_message));
+    let mut reader = frame::reader(rx, request_limit(ctx.cfg().max_message));
     let mut writer = frame::writer(tx, MAX_FRAME);
     // Hello first, and soon: a client that connects and says nothing does
     // not get to hold a connection.
     let first = tokio::time::timeout(
-        ctx.cfg.handshake_timeout,
+        ctx.cfg().handshake_timeout,
         frame::recv::<Request, _>(&mut reader),
     )
     .await;
     let Ok(first) = first else {
         tracing::info!(
             "control client sent no Hello within {}; closed",
-            humantime::format_duration(ctx.cfg.handshake_timeout)
+            humantime::format_duration(ctx.cfg().handshake_timeout)
         );
         return;
     };
@@ -124,8 +134,8 @@ async fn serve(conn: Stream, ctx: &Control) {
             let hello = Response::Hello {
                 version: PROTOCOL_VERSION,
                 daemon_version: peerlink::VERSION.to_string(),
-                instance: ctx.cfg.instance.clone(),
-                max_message: ctx.cfg.max_message,
+                instance: ctx.cfg().instance.clone(),
+                max_message: ctx.cfg().max_message,
             };
             if frame::send(&mut writer, &hello).await.is_err() {
                 return;
@@ -179,6 +189,19 @@ async fn serve(conn: Stream, ctx: &Control) {
                     let out = drop_record(ctx, peer, seq);
                     replies.push_back(Box::pin(async move { vec![out] }));
                 }
+                Ok(Some(Request::Reload)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let asked = ctx.reload.send(reload::Ask { reply: Some(tx) }).await.is_ok();
+                    replies.push_back(Box::pin(async move {
+                        match (asked, rx.await) {
+                            (true, Ok(report)) => vec![Response::Reloaded(report)],
+                            _ => vec![Response::Error {
+                                kind: ErrorKind::ShuttingDown,
+                                message: "the daemon is shutting down; no reload".into(),
+                            }],
+                        }
+                    }));
+                }
                 Ok(Some(Request::Status)) => {
                     let status = status(ctx);
                     replies.push_back(Box::pin(async move { vec![Response::Status(Box::new(status))] }));
@@ -218,8 +241,8 @@ fn frame_error(ctx: &Control, e: FrameError) -> String {
     match e {
         FrameError::TooLarge { limit } => format!(
             "request larger than {limit} bytes, the limit for max_message ({}) of instance {}",
-            crate::units::Size(ctx.cfg.max_message),
-            ctx.cfg.instance
+            crate::units::Size(ctx.cfg().max_message),
+            ctx.cfg().instance
         ),
         e => e.to_string(),
     }
@@ -254,7 +277,7 @@ fn send(
     to.sort();
     to.dedup();
     let refused = unknown_peer(&to, ctx)
-        .or_else(|| refusal(&bodies, ctx.cfg.max_message, &ctx.cfg.instance))
+        .or_else(|| refusal(&bodies, ctx.cfg().max_message, &ctx.cfg().instance))
         .or_else(|| peer_refusal(&bodies, &to, ctx));
     if let Some(message) = refused {
         let error = Response::Error {
@@ -331,7 +354,8 @@ fn send(
 /// hold that peer's queue.
 fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<String> {
     let biggest = bodies.iter().map(Vec::len).max()? as u64;
-    ctx.boards.iter().find_map(|b| {
+    let current = ctx.settings.borrow().clone();
+    current.boards.iter().find_map(|b| {
         let s = b.snapshot();
         if !to.is_empty() && !to.contains(&s.name) {
             return None;
@@ -344,7 +368,7 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<Stri
                  messages",
                 s.name,
                 crate::units::Size(limit),
-                crate::units::Size(ctx.cfg.max_message),
+                crate::units::Size(ctx.cfg().max_message),
                 s.name
             )
         })
@@ -354,15 +378,16 @@ fn peer_refusal(bodies: &[Vec<u8>], to: &[String], ctx: &Control) -> Option<Stri
 /// `send --to` a peer that is not configured: refused, naming the ones
 /// that are.
 fn unknown_peer(to: &[String], ctx: &Control) -> Option<String> {
+    let cfg = ctx.cfg();
     let unknown: Vec<&str> = to
         .iter()
-        .filter(|n| !ctx.cfg.peers.iter().any(|p| &&p.name == n))
+        .filter(|n| !cfg.peers.iter().any(|p| &&p.name == n))
         .map(String::as_str)
         .collect();
     if unknown.is_empty() {
         return None;
     }
-    let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
     Some(format!(
         "no peer named {}; the configured peers are: {}",
         unknown.join(", "),
@@ -404,8 +429,9 @@ fn refusal(bodies: &[Vec<u8>], max_message: u64, instance: &str) -> Option<Strin
 
 /// `peerctl drop`: the operator gives up on one queued message for a peer.
 fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
-    if !ctx.cfg.peers.iter().any(|p| p.name == peer) {
-        let names: Vec<&str> = ctx.cfg.peers.iter().map(|p| p.name.as_str()).collect();
+    let cfg = ctx.cfg();
+    if !cfg.peers.iter().any(|p| p.name == peer) {
+        let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
         return Response::Error {
             kind: ErrorKind::Rejected,
             message: format!("no peer {peer:?}; the peers are {}", names.join(", ")),
@@ -428,7 +454,8 @@ fn drop_record(ctx: &Control, peer: String, seq: u64) -> Response {
 }
 
 fn status(ctx: &Control) -> Status {
-    let peers = ctx
+    let current = ctx.settings.borrow().clone();
+    let peers = current
         .boards
         .iter()
         .map(|b| {
@@ -448,8 +475,8 @@ fn status(ctx: &Control) -> Status {
         })
         .collect();
     Status {
-        instance: ctx.cfg.instance.clone(),
-        node: ctx.cfg.node.clone(),
+        instance: ctx.cfg().instance.clone(),
+        node: ctx.cfg().node.clone(),
         version: peerlink::VERSION.to_string(),
         pid: std::process::id(),
         started_ms: ctx.started_ms,
@@ -459,6 +486,11 @@ fn status(ctx: &Control) -> Status {
         state_dir: ctx.state_dir.clone(),
         journal: ctx.journal.status(),
         peers,
+        last_reload: ctx
+            .last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     }
 }
 
@@ -568,10 +600,19 @@ mod tests {
             segment_bytes: 1 << 20,
         })
         .unwrap();
-        Control {
+        let current = crate::reload::Current {
             cfg: Arc::new(cfg),
-            journal,
+            tls: Arc::new(crate::tls::Tls::none()),
+            links: Default::default(),
             boards: Vec::new(),
+            key_ages: Default::default(),
+        };
+        let (_, settings) = tokio::sync::watch::channel(Arc::new(current));
+        Control {
+            settings,
+            journal,
+            reload: tokio::sync::mpsc::channel(1).0,
+            last_reload: Default::default(),
             started_ms: 0,
             listen: String::new(),
             socket: String::new(),

@@ -6,6 +6,29 @@ pub mod notify;
 
 use tokio_util::sync::CancellationToken;
 
+/// Ask for a reload on every SIGHUP (`systemctl reload` sends it). Set up
+/// before the daemon is ready: SIGHUP's default action ends the process.
+pub fn reload_on_sighup(
+    asks: tokio::sync::mpsc::Sender<crate::reload::Ask>,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config");
+                if asks.send(crate::reload::Ask { reply: None }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(asks);
+    Ok(())
+}
+
 /// Cancel `token` on the first SIGINT or SIGTERM (Ctrl-C elsewhere).
 pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
     #[cfg(unix)]

@@ -12,7 +12,7 @@
 //!
 //! | frame   | when                          | carries                                             |
 //! |---------|-------------------------------|-----------------------------------------------------|
-//! | `Hello` | first frame each way          | node, [`WIRE_VERSION`], software, journal epoch, what it expects from the other (epoch, next seq), largest frame it takes, auth [`Nonce`] (or none: no secret) |
+//! | `Hello` | first frame each way          | node, [`WIRE_VERSION`], software, journal epoch, what it expects from the other (epoch, next seq), largest frame it takes, auth [`Nonce`] (or none: no secret), ids of the secrets it holds |
 //! | `Auth`  | after both Hellos, with a secret | HMAC-SHA256 proof (`auth`), dialler's first     |
 //! | `Data`  | after the handshake           | the sender's records `from..next` that are for the receiver (the rest of that stretch is addressed to other peers) |
 //! | `Ack`   | after the handshake           | cumulative: every record of that epoch below `next` is durable |
@@ -24,7 +24,7 @@
 //!
 //! 1. The dialler sends its `Hello`. The listener checks it (version equal,
 //!    a configured peer, not its own name, both sides with a secret or
-//!    both without) and answers with its own `Hello`, or closes with
+//!    both without, and then a secret in common: `auth::agree`) and answers with its own `Hello`, or closes with
 //!    [`CLOSE_PROTOCOL`] / [`CLOSE_AUTH`] and a reason.
 //! 2. With a secret (both Hellos carry a nonce): the dialler sends
 //!    `Auth { proof }`; the listener checks it **before** sending its own
@@ -42,7 +42,8 @@
 //! with `node` and `version` in every version, so a Hello that does not
 //! decode still tells which version the peer speaks, and the refusal says
 //! what differs. (Version 1 had no nonce and no `Auth`; version 2 no
-//! `Lost`, and `Data` had no `from..next`.)
+//! `Lost`, and `Data` had no `from..next`; version 3 no key ids in the
+//! Hello.)
 //!
 //! # Delivery rule
 //!
@@ -97,12 +98,12 @@ use serde::{Deserialize, Serialize};
 
 use peerlink::codec::{self, CodecError};
 
-use crate::auth::Nonce;
+use crate::auth::{KeyId, Nonce};
 
 /// The WebSocket subprotocol a peer must ask for.
 pub const SUBPROTOCOL: &str = "peerlink.v1";
 /// Bumped on any incompatible change to [`PeerFrame`].
-pub const WIRE_VERSION: u32 = 3;
+pub const WIRE_VERSION: u32 = 4;
 /// Close code: this session lost the collision rule.
 pub const CLOSE_DUPLICATE: u16 = 4000;
 /// Close code: the handshake was refused.
@@ -160,6 +161,9 @@ pub struct Hello {
     pub max_frame: u64,
     /// A fresh nonce when the sender has a secret; none when it has not.
     pub nonce: Option<Nonce>,
+    /// The ids of the secrets the sender holds, preferred first (empty
+    /// without a secret); see `auth` for which one is used.
+    pub keys: Vec<KeyId>,
 }
 
 /// What every version's Hello starts with.
@@ -229,6 +233,7 @@ mod tests {
                 expect_next: 3,
                 max_frame: 1 << 20,
                 nonce: Some([7; 32]),
+                keys: vec![KeyId([1, 2, 3, 4])],
             }),
             PeerFrame::Data {
                 epoch: 42,

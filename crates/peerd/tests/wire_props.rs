@@ -12,8 +12,9 @@ fn hello() -> impl Strategy<Value = PeerFrame> {
         ".{0,16}",
         any::<[u64; 4]>(),
         any::<Option<[u8; 32]>>(),
+        prop::collection::vec(any::<[u8; 4]>(), 0..4),
     )
-        .prop_map(|(node, version, software, n, nonce)| {
+        .prop_map(|(node, version, software, n, nonce, keys)| {
             PeerFrame::Hello(Hello {
                 node,
                 version,
@@ -23,6 +24,7 @@ fn hello() -> impl Strategy<Value = PeerFrame> {
                 expect_next: n[2],
                 max_frame: n[3],
                 nonce,
+                keys: keys.into_iter().map(peerd::auth::KeyId).collect(),
             })
         })
 }

@@ -24,6 +24,8 @@
 //!      trimmed or a follower fell behind, `CaughtUp` once the history is
 //!      out; with `follow`, `Entries` keep coming until the client closes.
 //!    - `Status` → `Status`.
+//!    - `Reload` → `Reloaded` once the daemon re-read its config and
+//!      applied it or refused it (the same as SIGHUP).
 //!
 //! # Limits and trust
 //!
@@ -45,8 +47,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any incompatible change to [`Request`] or [`Response`].
 /// 2: [`Response::Hello`] states the daemon's `max_message`; `Status` has
 /// the journal's storage error, loss counters, peer limits and held queues;
-/// `Drop`; `Send` has `to` and `Tail` `origin`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `Drop`; `Send` has `to` and `Tail` `origin`. 3: `Reload`; `Status` has
+/// the last reload and each peer's secret id.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest `max_message` a daemon may be configured with.
 pub const MAX_MESSAGE_LIMIT: u64 = 64 * 1024 * 1024;
@@ -99,6 +102,8 @@ pub enum Request {
     /// Never send queued message `seq` to `peer` (one it cannot take);
     /// the peer is told it is lost.
     Drop { peer: String, seq: u64 },
+    /// Re-read the config and apply what can change live (like SIGHUP).
+    Reload,
 }
 
 /// Where a `Tail` starts reading the inbox.
@@ -151,6 +156,21 @@ pub enum Response {
         kind: ErrorKind,
         message: String,
     },
+    /// What the reload asked for did.
+    Reloaded(ReloadReport),
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// When it happened (ms since the epoch).
+    pub at_ms: u64,
+    /// Applied (true), or refused whole with the old config kept.
+    pub applied: bool,
+    /// What changed, one line each (empty: nothing did).
+    pub changes: Vec<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
 }
 
 /// Why a request failed; `peerctl` maps these to exit codes.
@@ -248,6 +268,8 @@ pub struct Status {
     pub state_dir: String,
     pub journal: JournalStatus,
     pub peers: Vec<PeerStatus>,
+    /// The last reload since start, if any.
+    pub last_reload: Option<ReloadReport>,
 }
 
 /// Journal counters shown in status.
@@ -318,6 +340,10 @@ pub struct PeerStatus {
     pub held: Option<String>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
+    /// The id of the secret the live session was authenticated with (see
+    /// peerd's `auth`), and since when this node holds that secret.
+    pub key_id: Option<String>,
+    pub key_added_ms: Option<u64>,
 }
 
 impl PeerStatus {
@@ -348,6 +374,8 @@ impl PeerStatus {
             held: None,
             last_error: None,
             last_error_ms: None,
+            key_id: None,
+            key_added_ms: None,
         }
     }
 }

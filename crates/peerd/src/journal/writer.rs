@@ -690,11 +690,11 @@ impl Writer {
             Ok(u) => u,
             Err(Failed::InboxOnly(e)) => {
                 // The outbox part is stored (and may be on its way to the
-                // peers); the inbox part was rolled back.
+                // peers); the inbox part is rolled back.
                 tracing::error!("journal: inbox write failed, those records not stored: {e}");
+                self.record_failure(&e, now);
                 {
                     let mut st = lock(&self.shared);
-                    st.storage_error = Some((e.to_string(), now));
                     st.addressed |= addressed;
                     for (name, q) in qs {
                         if st.members.contains(&name) {
@@ -702,26 +702,14 @@ impl Writer {
                         }
                     }
                 }
-                if let Err(r) = self.inbox.rollback() {
-                    let why =
-                        format!("the journal could not undo a failed write ({r}); restart peerd");
-                    tracing::error!("{why}");
-                    self.broken = Some(why);
-                }
-                let e = JournalError::storage("write failed", e);
-                for w in skipped {
-                    fail(w, &e);
-                }
-                for r in replies {
-                    match r {
-                        Reply::Outbox(tx, r) => {
-                            let _ = tx.send(r);
-                        }
-                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                }
+                let undone = self.inbox.rollback();
+                self.undone(undone);
+                answer_failed(
+                    skipped,
+                    replies,
+                    &JournalError::storage("write failed", e),
+                    true,
+                );
                 return;
             }
             Err(Failed::Broken(e)) => {
@@ -730,23 +718,10 @@ impl Writer {
                      been sent already, so their numbers are never reused: restart peerd"
                 );
                 tracing::error!("{why}");
-                lock(&self.shared).storage_error = Some((e.to_string(), now));
+                self.record_failure(&e, now);
                 let _ = self.inbox.rollback();
                 self.broken = Some(why.clone());
-                let e = JournalError::Storage(why);
-                for w in skipped {
-                    fail(w, &e);
-                }
-                for r in replies {
-                    match r {
-                        Reply::Outbox(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                }
+                answer_failed(skipped, replies, &JournalError::Storage(why), false);
                 return;
             }
             Err(Failed::Before(e)) => {
@@ -755,30 +730,15 @@ impl Writer {
                 } else {
                     tracing::debug!("journal: write failed again, batch not stored: {e}");
                 }
-                lock(&self.shared).storage_error = Some((e.to_string(), now));
-                if let Err(r) = self.outbox.rollback().and(self.inbox.rollback()) {
-                    let why =
-                        format!("the journal could not undo a failed write ({r}); restart peerd");
-                    tracing::error!("{why}");
-                    self.broken = Some(why);
-                }
-                let e = JournalError::storage("write failed", e);
-                for w in skipped {
-                    fail(w, &e);
-                }
-                for r in replies {
-                    match r {
-                        Reply::Outbox(tx, Err(full)) => {
-                            let _ = tx.send(Err(full));
-                        }
-                        Reply::Outbox(tx, Ok(_)) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                        Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                }
+                self.record_failure(&e, now);
+                let undone = self.outbox.rollback().and(self.inbox.rollback());
+                self.undone(undone);
+                answer_failed(
+                    skipped,
+                    replies,
+                    &JournalError::storage("write failed", e),
+                    false,
+                );
                 return;
             }
         };
@@ -829,6 +789,21 @@ impl Writer {
                     let _ = tx.send(Err(e));
                 }
             }
+        }
+    }
+
+    /// Show a failed write in `status` until one works again.
+    fn record_failure(&self, e: &std::io::Error, now: u64) {
+        lock(&self.shared).storage_error = Some((e.to_string(), now));
+    }
+
+    /// After a rollback: if it failed, the logs are in an unknown state and
+    /// no more writes are taken.
+    fn undone(&mut self, rollback: std::io::Result<()>) {
+        if let Err(r) = rollback {
+            let why = format!("the journal could not undo a failed write ({r}); restart peerd");
+            tracing::error!("{why}");
+            self.broken = Some(why);
         }
     }
 
@@ -1066,6 +1041,31 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
         inbox_first: st.inbox_first,
         outbox_reserved: st.outbox_reserved,
         peer,
+    }
+}
+
+/// Answer a batch whose commit failed with `e`: everything in it, except
+/// (with `outbox_stored`) the outbox appends, which are stored, and refusals
+/// decided before the commit, which keep their own answer.
+fn answer_failed(skipped: Vec<Write>, replies: Vec<Reply>, e: &JournalError, outbox_stored: bool) {
+    for w in skipped {
+        fail(w, e);
+    }
+    for r in replies {
+        match r {
+            Reply::Outbox(tx, r @ Err(_)) => {
+                let _ = tx.send(r);
+            }
+            Reply::Outbox(tx, r) if outbox_stored => {
+                let _ = tx.send(r);
+            }
+            Reply::Outbox(tx, _) => {
+                let _ = tx.send(Err(e.clone()));
+            }
+            Reply::Seq(tx, _) | Reply::Refused(tx, _) => {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
     }
 }
 

@@ -10,7 +10,11 @@
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` when the unit sets
 //!   `WatchdogSec=`, sent from a task on the daemon's runtime so a wedged
 //!   runtime stops feeding it and systemd restarts the daemon;
-//! - `STOPPING=1` as soon as shutdown starts.
+//! - `STOPPING=1` as soon as shutdown starts;
+//! - `RELOADING=1` with `MONOTONIC_USEC=` (which systemd 253 and later
+//!   require with it) when a reload starts, and `READY=1` once it is
+//!   applied or refused, with a `STATUS=` line that says which: the daemon
+//!   runs either way, on the new config or on the old one.
 //!
 //! The link tasks own the status records ([`PeerBoard`]); this module only
 //! polls them (every [`STATUS_EVERY`]) and sends a new `STATUS=` when the
@@ -22,6 +26,7 @@ use std::time::Duration;
 use peerlink::control::{LinkState, PeerStatus};
 use tokio_util::sync::CancellationToken;
 
+use crate::reload::Settings;
 use crate::status::PeerBoard;
 
 /// How often the link state is looked at for a new `STATUS=` line.
@@ -33,6 +38,7 @@ enum Note<'a> {
     Status(&'a str),
     Watchdog,
     Stopping,
+    Reloading,
 }
 
 /// Is a service manager listening for notifications?
@@ -43,12 +49,13 @@ pub fn wanted() -> bool {
 /// Send READY=1 with a first STATUS= line, then keep STATUS= current and
 /// feed the watchdog until `shutdown`. Does nothing when no service
 /// manager listens. Call from inside the runtime.
-pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
+pub fn start(settings: Settings, shutdown: CancellationToken) {
     if !wanted() {
         return;
     }
+    let boards = move || settings.borrow().boards.clone();
     let mut notifier = Notifier { failed: false };
-    let mut last = status_of(&boards);
+    let mut last = status_of(&boards());
     notifier.send(&[Note::Ready, Note::Status(&last)]);
     let watchdog = watchdog_interval();
     if let Some(every) = watchdog {
@@ -65,7 +72,7 @@ pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
                 // STOPPING=1 was sent by the signal handler ([`stopping`]).
                 _ = shutdown.cancelled() => return,
                 _ = status_tick.tick() => {
-                    let now = status_of(&boards);
+                    let now = status_of(&boards());
                     if now != last {
                         notifier.send(&[Note::Status(&now)]);
                         last = now;
@@ -82,6 +89,21 @@ pub fn start(boards: Vec<PeerBoard>, shutdown: CancellationToken) {
 pub fn stopping() {
     if wanted() {
         Notifier { failed: false }.send(&[Note::Stopping, Note::Status("stopping")]);
+    }
+}
+
+/// Send RELOADING=1 (with the clock systemd wants): a reload has begun.
+pub fn reloading() {
+    if wanted() {
+        Notifier { failed: false }.send(&[Note::Reloading]);
+    }
+}
+
+/// Send READY=1 after a reload, with what it did as STATUS= (until the
+/// next link status line replaces it).
+pub fn reloaded(what: &str) {
+    if wanted() {
+        Notifier { failed: false }.send(&[Note::Ready, Note::Status(what)]);
     }
 }
 
@@ -109,15 +131,22 @@ impl Notifier {
         #[cfg(unix)]
         {
             use sd_notify::NotifyState;
-            let states: Vec<NotifyState<'_>> = notes
-                .iter()
-                .map(|n| match n {
-                    Note::Ready => NotifyState::Ready,
-                    Note::Status(s) => NotifyState::Status(s),
-                    Note::Watchdog => NotifyState::Watchdog,
-                    Note::Stopping => NotifyState::Stopping,
-                })
-                .collect();
+            let mut states: Vec<NotifyState<'_>> = Vec::new();
+            for n in notes {
+                match n {
+                    Note::Ready => states.push(NotifyState::Ready),
+                    Note::Status(s) => states.push(NotifyState::Status(s)),
+                    Note::Watchdog => states.push(NotifyState::Watchdog),
+                    Note::Stopping => states.push(NotifyState::Stopping),
+                    Note::Reloading => {
+                        states.push(NotifyState::Reloading);
+                        match NotifyState::monotonic_usec_now() {
+                            Ok(now) => states.push(now),
+                            Err(e) => tracing::debug!("no monotonic clock for MONOTONIC_USEC: {e}"),
+                        }
+                    }
+                }
+            }
             if let Err(e) = sd_notify::notify(&states) {
                 if !self.failed {
                     tracing::debug!("cannot notify the service manager: {e}");
