@@ -10,8 +10,9 @@
 //! there instead ([`peerlink_e2e::readme_block`]).
 //!
 //! What cannot repeat is compared as a placeholder on both sides: times,
-//! durations, pids, epochs, millisecond stamps, loopback ports and how
-//! much of a too-long stdin line was read before it was refused. The
+//! durations, pids, epochs, millisecond stamps, loopback ports, which
+//! side's dial won the session when both dialled at once, and how much of
+//! a too-long stdin line was read before it was refused. The
 //! README shows `a` on port 60533 and `b` on 37207; the session's real
 //! ports are swapped in before a command runs and back out of what it
 //! printed.
@@ -114,6 +115,12 @@ impl Normalizer {
                     "<DUR>",
                 ),
                 r(r"(127\.0\.0\.1|localhost):\d+", "$1:<PORT>"),
+                // which side's dial won when both dial at once
+                r(r"\b(inbound from|outbound to)\b", "<DIR>"),
+                r(
+                    r#""direction": "(inbound|outbound)""#,
+                    "\"direction\": \"<DIR>\"",
+                ),
                 r(r"[ \t]+$", ""),
             ],
         }
