@@ -2,6 +2,21 @@
 CARGO ?= cargo
 # Where `make man` and `make completions` write (and `make install` reads).
 GEN_DIR ?= target
+# Where cargo puts what it builds: target/, or wherever CARGO_TARGET_DIR
+# (or a cargo config's build.target-dir) says.
+ifeq ($(origin TARGET_DIR),undefined)
+TARGET_DIR := $(or $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | \
+	sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'),target)
+endif
+# A make started from a cargo test inherits the variables cargo sets for
+# that test's crate; passed on to cargo (and build scripts such as ring's),
+# they change its fingerprints and everything is built twice.
+unexport CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS CARGO_CRATE_NAME \
+	CARGO_BIN_NAME CARGO_PRIMARY_PACKAGE CARGO_TARGET_TMPDIR CARGO_RUSTC_CURRENT_DIR \
+	CARGO_PKG_NAME CARGO_PKG_VERSION CARGO_PKG_VERSION_MAJOR CARGO_PKG_VERSION_MINOR \
+	CARGO_PKG_VERSION_PATCH CARGO_PKG_VERSION_PRE CARGO_PKG_AUTHORS CARGO_PKG_DESCRIPTION \
+	CARGO_PKG_HOMEPAGE CARGO_PKG_REPOSITORY CARGO_PKG_LICENSE CARGO_PKG_LICENSE_FILE \
+	CARGO_PKG_RUST_VERSION CARGO_PKG_README
 
 .PHONY: all build demo test lint clean bench release install uninstall verify-units man completions \
 	deb test-hosts
@@ -11,10 +26,11 @@ all: build
 build:
 	$(CARGO) build --workspace
 
-## demo: build, start instances a and b, send a message, show it arrive
-## and the link's status, stop both.
+## demo: build, start a peerd a and b of its own (free ports, sockets and
+## journals in a temp dir: never your instances), send a message, check
+## that exactly it arrived, show the link's status, stop both.
 demo: build
-	bash tests/demo.sh
+	BIN="$(TARGET_DIR)/debug" bash tests/demo.sh
 
 ## test: formatting, lints, unit and end-to-end tests.
 test: lint
@@ -46,7 +62,7 @@ clean:
 ## that the two agree.
 PREFIX ?= /usr/local
 DESTDIR ?=
-BIN_DIR ?= target/release
+BIN_DIR ?= $(TARGET_DIR)/release
 BINDIR = $(PREFIX)/bin
 UNITDIR = $(PREFIX)/lib/systemd/system
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
@@ -57,8 +73,8 @@ MANDIR = $(PREFIX)/share/man/man1
 BASHDIR = $(PREFIX)/share/bash-completion/completions
 ZSHDIR = $(PREFIX)/share/zsh/site-functions
 FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
-MANPAGES = peerd peerd-check-config peerctl peerctl-attach peerctl-completions \
-	peerctl-reload peerctl-send peerctl-status peerctl-tail
+MANPAGES = peerd peerd-check-config peerd-journal peerd-journal-verify peerd-journal-repair \
+	peerctl peerctl-attach peerctl-completions peerctl-console peerctl-drop peerctl-reload peerctl-send peerctl-status peerctl-tail
 
 INSTALLED = $(BINDIR)/peerd $(BINDIR)/peerctl \
 	$(UNITDIR)/peerd@.service $(SYSUSERSDIR)/peerd.conf \
@@ -112,7 +128,7 @@ verify-units: build man completions
 	  echo "verify-units: SKIPPED: systemd-analyze not found (apt-get install systemd)"; exit 0; \
 	fi; \
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	$(MAKE) --no-print-directory install PREFIX="$$tmp/usr" BIN_DIR=target/debug >/dev/null && \
+	$(MAKE) --no-print-directory install PREFIX="$$tmp/usr" BIN_DIR="$(TARGET_DIR)/debug" >/dev/null && \
 	unit="$$tmp/usr/lib/systemd/system/peerd@.service" && \
 	out=$$(systemd-analyze verify "$$unit" 2>&1) && [ -z "$$out" ] || { echo "$$out"; echo "verify-units: systemd-analyze verify failed"; exit 1; }; \
 	out=$$(systemd-analyze security --offline=yes --threshold=20 "$$unit" 2>&1) || { echo "$$out"; echo "verify-units: exposure above 2.0"; exit 1; }; \
@@ -133,4 +149,4 @@ test-hosts:
 ## target/bench/results.json. Not a test: it asserts nothing.
 bench:
 	$(CARGO) build --release -p peerd -p peerctl -p peerlink-bench
-	target/release/peerlink-bench $(BENCH_ARGS)
+	"$(TARGET_DIR)/release/peerlink-bench" $(BENCH_ARGS)

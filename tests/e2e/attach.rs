@@ -206,12 +206,14 @@ fn attach_on_a_terminal_keeps_the_prompt_and_partial_input_intact() {
     term.type_keys("half typed");
     term.wait_for("the partial input", |s| last(s) == "a> half typed");
     b.send(&["arrives mid-line"]);
+    // The screen README "attach" shows (its transcript "attach-typing").
+    let shown = screen_in_readme("attach-typing");
     term.wait_for("the arrival above the prompt and partial input", |s| {
         s == [
             "a> hello from a terminal",
             "[b] arrives mid-line",
             "a> half typed",
-        ]
+        ] && s == shown.as_slice()
     });
     term.type_keys(" and done\r");
     b.wait(
@@ -220,10 +222,28 @@ fn attach_on_a_terminal_keeps_the_prompt_and_partial_input_intact() {
         |b| b.bodies().last().map(String::as_str) == Some("half typed and done"),
     );
 
-    // Ctrl-D on an empty line leaves cleanly.
-    term.wait_for("a fresh prompt", |s| last(s) == "a>");
+    // Ctrl-D on an empty line leaves cleanly (transcript "attach-done").
+    let shown = screen_in_readme("attach-done");
+    term.wait_for("a fresh prompt", |s| {
+        last(s) == "a>" && s == shown.as_slice()
+    });
     term.type_keys("\x04");
     assert!(term.wait_exit().success());
+    let after: Vec<String> = peerlink_e2e::readme_block("attach-done")
+        .into_iter()
+        .skip_while(|l| l != "$ echo $?")
+        .collect();
+    assert_eq!(after, ["$ echo $?", "0"], "README shows exit status 0");
+}
+
+/// The screen lines of README transcript `name`: those after its first
+/// `$` line, up to the next one.
+fn screen_in_readme(name: &str) -> Vec<String> {
+    peerlink_e2e::readme_block(name)
+        .into_iter()
+        .skip(1)
+        .take_while(|l| !l.starts_with("$ "))
+        .collect()
 }
 
 #[test]
@@ -269,4 +289,18 @@ fn status_and_tail_colour_a_terminal_but_never_with_no_color() {
             );
         }
     }
+}
+
+#[test]
+fn tail_on_a_terminal_says_when_there_is_nothing_to_show() {
+    let pair = Pair::new("");
+    let (_a, _b) = pair.start_linked();
+    let sock = pair.b.socket.display().to_string();
+    let mut term = Pty::spawn(&["--socket", &sock, "tail"], &[]);
+    assert!(term.wait_exit().success());
+    term.wait_for("the note", |s| s == ["peerctl: the inbox is empty"]);
+    // In a pipe it stays silent (the other tail tests read empty output).
+    let out = pair.b.ctl(&["tail"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
 }

@@ -144,6 +144,22 @@ fn the_console_in_a_real_browser_shows_the_link_sends_and_receives() {
     a.wait(LONG, "a has it", |a| a.bodies().len() == 1);
     let addr = http_addr(&a);
     let url = console_url(&pair);
+    // The README's sample has the same form (its port and token aside).
+    let sample = peerlink_e2e::readme_block("console-url");
+    let shape = |u: &str| {
+        let (base, token) = u.split_once("/?token=").unwrap_or((u, ""));
+        let port_free = base.rsplit_once(':').map_or(base, |(h, _)| h).to_string();
+        (port_free, !token.is_empty())
+    };
+    assert_eq!(
+        sample.first().map(String::as_str),
+        Some("$ peerctl console")
+    );
+    assert_eq!(
+        shape(sample.get(1).map_or("", String::as_str)),
+        shape(&url),
+        "README's `peerctl console` sample and {url}"
+    );
 
     let tab = Browser::open_driven(&chromium, "about:blank");
     let mut cdp = tab.devtools();

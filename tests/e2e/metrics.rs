@@ -112,6 +112,17 @@ fn metrics_parse_while_traffic_flows_and_match_status() {
         r.body
     };
 
+    // The README's sample: the same metrics, with these labels, exist
+    // (values are this run's).
+    let text = scrape();
+    for line in peerlink_e2e::readme_block("metrics-grep").iter().skip(1) {
+        let series = line.rsplit_once(' ').map_or(line.as_str(), |(s, _)| s);
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "README's {series} is not in /metrics:\n{text}"
+        );
+    }
+
     // Scrapes while both sides send.
     let lines: String = (0..N).map(|i| format!("message {i}\n")).collect();
     let b_sends = pair.b.clone();

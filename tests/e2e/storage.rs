@@ -288,6 +288,16 @@ fn damage_in_the_last_segment_refuses_to_start_and_repair_says_what_it_drops() {
     // repair drops exactly that record.
     let r = peerd_journal("repair", &pair.a);
     let text = String::from_utf8_lossy(&r.stdout);
+    // README "Durability" shows this run (transcript "journal-repair"),
+    // in the default state directory.
+    let shown = text.replace(&pair.a.state.display().to_string(), "/var/lib/peerd/a");
+    let mut want = peerlink_e2e::readme_block("journal-repair");
+    assert_eq!(want.remove(0), "$ peerd journal repair a");
+    assert_eq!(
+        shown.lines().collect::<Vec<_>>(),
+        want,
+        "README's repair transcript"
+    );
     assert!(
         r.status.success(),
         "{text}{}",

@@ -59,24 +59,7 @@ fn bins() -> &'static Bins {
         if profile != "debug" {
             cmd.args(["--profile", profile]);
         }
-        // What cargo set for this test's own crate would reach build
-        // scripts (ring reruns when CARGO_MANIFEST_DIR changes) and make
-        // this build and a plain `cargo build` rebuild each other's output.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&k.as_ref())
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
+        strip_cargo_env(&mut cmd);
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build of peerd and peerctl failed");
         let ext = std::env::consts::EXE_SUFFIX;
@@ -85,6 +68,100 @@ fn bins() -> &'static Bins {
             peerctl: profile_dir.join(format!("peerctl{ext}")),
         }
     })
+}
+
+/// Remove what cargo set for this test's own crate from `cmd`'s
+/// environment: passed on to cargo (directly or through `make`) it would
+/// reach build scripts (ring reruns when CARGO_MANIFEST_DIR changes) and
+/// make that build and a plain `cargo build` rebuild each other's output.
+pub fn strip_cargo_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+}
+
+/// Where the calling test runs, after [`private_namespaces`].
+#[derive(Debug)]
+pub enum Isolation {
+    /// In private mount and network namespaces: `/run` is an empty tmpfs
+    /// and loopback is this test's own, so default ports and sockets
+    /// (8080, `/run/peerd/a`) are free and meet nothing outside. Go on.
+    Inside,
+    /// This was the outer run: the test ran inside and passed. Stop.
+    Done,
+    /// Namespaces are not available (not root, or no `unshare`): why.
+    Unavailable(String),
+}
+
+/// Run test `name` (its full path, e.g. `instances::demo_...`) again in
+/// private namespaces, so it may use the default ports and runtime paths
+/// while other tests and the machine's own daemons carry on beside it.
+/// The outer run asserts that the inner one passed.
+pub fn private_namespaces(name: &str) -> Isolation {
+    const INSIDE: &str = "PEERLINK_TEST_IN_NAMESPACES";
+    if std::env::var_os(INSIDE).is_some() {
+        let mount = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs", "/run"])
+            .status();
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(
+            mount.is_ok_and(|s| s.success()) && lo.is_ok_and(|s| s.success()),
+            "cannot set up the private namespaces"
+        );
+        return Isolation::Inside;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return Isolation::Unavailable("not root (private namespaces need root)".into());
+    }
+    let probe = Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "true"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Isolation::Unavailable("`unshare --mount --net` does not work here".into());
+    }
+    // Build the binaries out here (the inner run finds them fresh).
+    let _ = peerd_bin();
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "in private namespaces:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the test did not run inside: {text}"
+    );
+    print!("{text}");
+    Isolation::Done
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
 }
 
 /// Path of the freshly built `peerd`.
@@ -262,7 +339,8 @@ pub fn ctl_cmd(socket: &Path) -> Command {
     c
 }
 
-fn prune_env(c: &mut Command) {
+/// Remove `PEERD_*` and service-manager variables from `c`'s environment.
+pub fn prune_env(c: &mut Command) {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
         if k.starts_with("PEERD_")
@@ -693,6 +771,67 @@ impl PlainClient {
     pub fn next(&self, timeout: Duration) -> Option<PlainEvent> {
         self.events.recv_timeout(timeout).ok()
     }
+}
+
+/// A fenced block of README.md.
+#[derive(Debug, Clone)]
+pub struct ReadmeBlock {
+    /// From a `<!-- transcript: NAME -->` line just before the fence.
+    pub name: Option<String>,
+    /// Index (0-based) of the block's first line after the opening fence.
+    pub line: usize,
+    /// Its lines, with the fence's indentation removed.
+    pub body: Vec<String>,
+}
+
+/// The fenced blocks of a README, with their transcript names.
+pub fn readme_blocks(text: &str) -> Vec<ReadmeBlock> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut name: Option<String> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("<!-- transcript:") {
+            name = rest
+                .trim_end_matches("-->")
+                .split_whitespace()
+                .next()
+                .map(str::to_string);
+        } else if trimmed.starts_with("```") {
+            let indent = line.len() - trimmed.len();
+            let start = i + 1;
+            let mut body = Vec::new();
+            i += 1;
+            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+                let l = lines[i];
+                body.push(l.get(indent.min(l.len())..).unwrap_or("").to_string());
+                i += 1;
+            }
+            out.push(ReadmeBlock {
+                name: name.take(),
+                line: start,
+                body,
+            });
+        } else if !trimmed.is_empty() {
+            name = None;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The body of README.md's transcript `name` (checked by the calling
+/// test rather than by tests/e2e/readme.rs).
+pub fn readme_block(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    readme_blocks(&text)
+        .into_iter()
+        .find(|b| b.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("README.md has no transcript {name:?}"))
+        .body
 }
 
 /// Copy a directory tree (a backup of a stopped daemon's state, or a

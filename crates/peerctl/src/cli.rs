@@ -8,9 +8,15 @@ use clap::{Args, Parser, Subcommand};
 /// peerlink client: send messages through the local peerd, tail the ones
 /// it received, show its links.
 #[derive(Debug, Parser)]
-#[command(name = "peerctl", version, after_help = EXIT_CODES)]
+#[command(
+    name = "peerctl",
+    version,
+    after_help = "Which instance, files, environment and exit status: see `peerctl --help`.",
+    after_long_help = MORE
+)]
 pub struct Cli {
-    /// peerd instance [default: the only running one, else `a`].
+    /// peerd instance [default: the only one running, named on stderr;
+    /// none running or several: see "Which instance"].
     #[arg(
         short = 'i',
         long,
@@ -19,20 +25,43 @@ pub struct Cli {
         value_name = "NAME"
     )]
     pub instance: Option<String>,
-    /// Control socket of the daemon [default: see README "Paths"].
+    /// Control socket of the daemon [default: the instance's, see "Files"].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
-pub const EXIT_CODES: &str = "\
+/// The rest of `peerctl --help`, and of its man pages (crates/xtask turns
+/// each `Title:` block into a section, `  TAG  TEXT` lines into tagged
+/// paragraphs).
+pub const MORE: &str = "\
+Which instance:
+  With -i NAME (or PEERD_INSTANCE) or --socket PATH, exactly that one. With
+  neither: the only instance running, named on stderr (\"peerctl: instance
+  'b' (the only one running; ...)\"). With several running, `status` shows
+  each of them and every other command refuses (exit 2), listing them. With
+  none running, exit 3.
+
+Files:
+  $XDG_RUNTIME_DIR/peerd/NAME/control.sock  the control socket of instance NAME run by you (not root)
+  /tmp/peerd-UID/NAME/control.sock  the same where XDG_RUNTIME_DIR is not set
+  /run/peerd/NAME/control.sock  instance NAME run by root or systemd; peerctl looks here too (members of group peerd may use it)
+
+Environment:
+  PEERD_INSTANCE  the instance, as -i
+  PEERD_SOCKET  the control socket, as --socket
+  XDG_RUNTIME_DIR  where the sockets of your own instances are
+  NO_COLOR  no colour (nor with CLICOLOR=0; CLICOLOR_FORCE=1 forces it)
+
 Exit status:
   0  success (status: every link is up)
   1  error (the message says what went wrong)
-  2  usage error
+  2  usage error, or several instances running and none named
   3  the daemon is not running or cannot be reached
-  4  a link is down (status), or not delivered in time (send --wait)";
+  4  a link is down (status), or not delivered in time (send --wait)
+  5  status: messages were lost since the daemon started
+  130  interrupted by Ctrl-C (send says how many were stored)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -130,8 +159,9 @@ pub struct SendArgs {
     #[arg(long, value_name = "PEER", value_delimiter = ',')]
     pub to: Vec<String>,
     /// Messages (not empty); `-` or none: read lines from stdin, blank ones
-    /// skipped.
-    pub messages: Vec<String>,
+    /// skipped. A message is bytes: invalid UTF-8 is sent as it is, from
+    /// arguments as from stdin.
+    pub messages: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +196,9 @@ pub struct DropArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Machine-readable output (schema in the README, "status --json").
+    /// Machine-readable output: one JSON object ("schema": 1; fields are
+    /// only ever added), or an array of them when several instances run
+    /// and none is named.
     #[arg(long)]
     pub json: bool,
 }

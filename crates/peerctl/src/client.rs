@@ -15,12 +15,60 @@ use crate::error::CtlError;
 pub struct Target {
     pub instance: String,
     pub socket: PathBuf,
+    /// How the daemon was chosen (what errors and notes say about it).
+    pub chosen: Chosen,
+}
+
+/// How `peerctl` picked the daemon it talks to (README "Which instance").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// `-i NAME` or `$PEERD_INSTANCE`.
+    Named,
+    /// `--socket PATH` (or `$PEERD_SOCKET`, `$RUNTIME_DIRECTORY`) without a
+    /// name: the socket is what the user named.
+    Socket,
+    /// Nothing named: the only instance running. `peerctl` says which.
+    OnlyRunning,
+}
+
+/// What `-i`, `--socket` and the running instances select.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// One daemon.
+    One(Target),
+    /// Nothing named and several instances running: `status` shows each,
+    /// every other command refuses to guess.
+    Several(Vec<Target>),
+}
+
+impl Selection {
+    /// The one target, or a usage error listing the candidates.
+    pub fn one(self) -> Result<Target, CtlError> {
+        match self {
+            Selection::One(t) => Ok(t),
+            Selection::Several(all) => Err(several(&all)),
+        }
+    }
+}
+
+/// The refusal when nothing was named and several instances run.
+pub fn several(all: &[Target]) -> CtlError {
+    let names: Vec<&str> = all.iter().map(|t| t.instance.as_str()).collect();
+    let first = names.first().copied().unwrap_or("a");
+    CtlError::Usage(format!(
+        "{} peerd instances are running ({}): say which with `-i NAME` (e.g. `peerctl -i {first} ...`) \
+         or PEERD_INSTANCE",
+        names.len(),
+        names.join(", ")
+    ))
 }
 
 impl Target {
-    /// Resolve `-i` and `--socket` by the shared path rule. Without an
-    /// instance: the only running one, else `a`.
-    pub fn resolve(instance: Option<&str>, socket: Option<&Path>) -> Result<Target, CtlError> {
+    /// Resolve `-i` and `--socket` by the shared path rule and README
+    /// "Which instance": a name or a socket is used as given; with neither,
+    /// the only running instance (named on stderr by the caller), several
+    /// are [`Selection::Several`], none is an error.
+    pub fn resolve(instance: Option<&str>, socket: Option<&Path>) -> Result<Selection, CtlError> {
         Target::resolve_in(instance, socket, &Env::current())
     }
 
@@ -29,11 +77,38 @@ impl Target {
         instance: Option<&str>,
         socket: Option<&Path>,
         env: &Env,
-    ) -> Result<Target, CtlError> {
-        let instance = match instance {
-            Some(i) => i.to_string(),
-            None if socket.is_none() => only_running(env).unwrap_or_else(|| "a".to_string()),
-            None => "a".to_string(),
+    ) -> Result<Selection, CtlError> {
+        let explicit_socket = socket.is_some() || paths::explicit_socket(env);
+        let (instance, chosen) = match instance {
+            Some(i) => (i.to_string(), Chosen::Named),
+            None if explicit_socket => ("a".to_string(), Chosen::Socket),
+            None => {
+                let mut running = paths::running_instances(env);
+                match running.len() {
+                    0 => {
+                        return Err(CtlError::NoneRunning {
+                            looked_in: paths::search_bases(env),
+                        });
+                    }
+                    1 => (running.remove(0).name, Chosen::OnlyRunning),
+                    _ => {
+                        let all = running
+                            .into_iter()
+                            .map(|r| {
+                                if r.probe == Probe::Denied {
+                                    return Err(no_access(&r.name, &r.socket));
+                                }
+                                Ok(Target {
+                                    instance: r.name,
+                                    socket: r.socket,
+                                    chosen: Chosen::OnlyRunning,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>();
+                        return Ok(Selection::Several(all?));
+                    }
+                }
+            }
         };
         if !peerlink::valid_instance_name(&instance) {
             return Err(CtlError::Usage(format!(
@@ -46,18 +121,22 @@ impl Target {
         if found == Probe::Denied {
             return Err(no_access(&instance, &path));
         }
-        Ok(Target {
+        Ok(Selection::One(Target {
             instance,
             socket: path,
+            chosen,
+        }))
+    }
+
+    /// What to tell the user about the choice, if it was not theirs.
+    pub fn note(&self) -> Option<String> {
+        (self.chosen == Chosen::OnlyRunning).then(|| {
+            format!(
+                "peerctl: instance '{}' (the only one running; `-i NAME` chooses)",
+                self.instance
+            )
         })
     }
-}
-
-/// The one instance running (or hidden from this user) under the search
-/// bases, if there is exactly one.
-fn only_running(env: &Env) -> Option<String> {
-    let mut found = paths::running_instances(env);
-    (found.len() == 1).then(|| found.remove(0).name)
 }
 
 /// The error for a socket this user may not reach: which group gives
@@ -91,6 +170,11 @@ impl Client {
         let stream = endpoint::connect(&target.socket).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 no_access(&target.instance, &target.socket)
+            } else if endpoint::is_not_running(&e) && target.chosen == Chosen::Socket {
+                CtlError::NoDaemonAt {
+                    path: target.socket.clone(),
+                    source: e,
+                }
             } else if endpoint::is_not_running(&e) {
                 CtlError::NotRunning {
                     instance: target.instance.clone(),
@@ -229,22 +313,52 @@ mod tests {
         let own = tempfile::tempdir().unwrap();
         let env = Env::fake(1000, &[("XDG_RUNTIME_DIR", own.path().to_str().unwrap())])
             .with_system_base(base.path());
-        // no -i: the only running instance, under /run/peerd
-        let t = Target::resolve_in(None, None, &env).unwrap();
+        let one = |i: Option<&str>| Target::resolve_in(i, None, &env).unwrap().one().unwrap();
+        // no -i: the only running instance, under /run/peerd, and said so
+        let t = one(None);
         assert_eq!(t.instance, "b");
+        assert_eq!(t.chosen, Chosen::OnlyRunning);
+        assert!(t.note().unwrap().contains("'b'"));
         assert_eq!(t.socket, base.path().join("b/control.sock"));
         // -i a: not running anywhere; the message names this user's path
-        let t = Target::resolve_in(Some("a"), None, &env).unwrap();
+        let t = one(Some("a"));
         assert_eq!(t.socket, own.path().join("peerd/a/control.sock"));
+        assert_eq!((t.chosen, t.note()), (Chosen::Named, None));
         // the user's own instance comes first
         std::fs::create_dir_all(own.path().join("peerd/b")).unwrap();
         std::fs::write(own.path().join("peerd/b/control.sock"), b"").unwrap();
-        let t = Target::resolve_in(None, None, &env).unwrap();
-        assert_eq!(t.socket, own.path().join("peerd/b/control.sock"));
-        // two running: no guess, `a`
+        assert_eq!(one(None).socket, own.path().join("peerd/b/control.sock"));
+        // two running: no guess; both listed
         std::fs::create_dir_all(own.path().join("peerd/c")).unwrap();
         std::fs::write(own.path().join("peerd/c/control.sock"), b"").unwrap();
-        assert_eq!(Target::resolve_in(None, None, &env).unwrap().instance, "a");
+        let sel = Target::resolve_in(None, None, &env).unwrap();
+        let Selection::Several(all) = &sel else {
+            panic!("{sel:?}")
+        };
+        let names: Vec<&str> = all.iter().map(|t| t.instance.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        let e = sel.one().unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::EXIT_USAGE);
+        assert!(e.to_string().contains("(b, c)"), "{e}");
+        // a name still picks exactly that one
+        assert_eq!(one(Some("c")).instance, "c");
+    }
+
+    #[test]
+    fn nothing_running_and_nothing_named_is_an_error() {
+        let base = system_base(&[]);
+        let own = tempfile::tempdir().unwrap();
+        let env = Env::fake(1000, &[("XDG_RUNTIME_DIR", own.path().to_str().unwrap())])
+            .with_system_base(base.path());
+        let e = Target::resolve_in(None, None, &env).unwrap_err();
+        assert!(matches!(e, CtlError::NoneRunning { .. }), "{e}");
+        assert_eq!(e.exit_code(), crate::error::EXIT_UNREACHABLE);
+        let msg = e.to_string();
+        assert!(msg.contains(&base.path().display().to_string()), "{msg}");
+        assert!(msg.contains("peerd a"), "{msg}");
+        // a socket named without an instance: the socket is what errors name
+        let sel = Target::resolve_in(None, Some(Path::new("run/b.sock")), &env).unwrap();
+        assert_eq!(sel.one().unwrap().chosen, Chosen::Socket);
     }
 
     /// What a user who may not enter `/run/peerd/a` (mode 0750, not in its
@@ -303,7 +417,9 @@ mod tests {
         let env = Env::fake(65534, &[]).with_system_base(base);
         let group = paths::owner_group(&base.join("a")).unwrap();
         for instance in [None, Some("a")] {
-            let e = Target::resolve_in(instance, None, &env).unwrap_err();
+            let e = Target::resolve_in(instance, None, &env)
+                .and_then(Selection::one)
+                .unwrap_err();
             let msg = e.to_string();
             assert!(matches!(e, CtlError::NoAccess { .. }), "{msg}");
             assert_eq!(e.exit_code(), crate::error::EXIT_UNREACHABLE);

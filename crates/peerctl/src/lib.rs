@@ -14,22 +14,33 @@ use std::io::Write;
 
 use clap::CommandFactory;
 use cli::{Cli, Command};
-use client::Target;
+use client::{Selection, Target};
 use error::{CtlError, EXIT_OK};
 
 /// Run one command; returns the exit code on success.
 pub async fn run(cli: Cli) -> Result<u8, CtlError> {
     if let Command::Completions { shell } = cli.command {
+        // Into memory first: clap_complete panics when a write fails, and
+        // `peerctl completions zsh | head` closes the pipe early.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "peerctl", &mut script);
         let mut out = std::io::stdout().lock();
-        clap_complete::generate(shell, &mut Cli::command(), "peerctl", &mut out);
+        out.write_all(&script)?;
         out.flush()?;
         return Ok(EXIT_OK);
     }
-    let target = Target::resolve(cli.instance.as_deref(), cli.socket.as_deref())?;
+    let selection = Target::resolve(cli.instance.as_deref(), cli.socket.as_deref())?;
+    if let (Command::Status(args), Selection::Several(all)) = (&cli.command, &selection) {
+        return status::run_several(all, args).await;
+    }
+    let target = selection.one()?;
+    if let Some(note) = target.note() {
+        eprintln!("{note}");
+    }
     match cli.command {
         Command::Send(args) => send::run(&target, args).await.map(|()| EXIT_OK),
         Command::Tail(args) => tail::run(&target, args).await.map(|()| EXIT_OK),
-        Command::Status(args) => status::run(&target, args).await,
+        Command::Status(args) => status::run(&target, &args).await,
         Command::Attach => attach::run(&target).await.map(|()| EXIT_OK),
         Command::Drop(args) => drop_record(&target, args).await.map(|()| EXIT_OK),
         Command::Console(args) => console(&target, args).await.map(|()| EXIT_OK),

@@ -15,6 +15,8 @@ const SHOW_AFTER: Duration = Duration::from_millis(700);
 pub struct Progress {
     bar: ProgressBar,
     bytes: u64,
+    /// Messages handed to the daemon, stored or not yet.
+    sent: u64,
     started: Instant,
     /// Whether progress may be drawn at all (stderr is a terminal).
     enabled: bool,
@@ -27,6 +29,7 @@ impl Progress {
         Progress {
             bar: ProgressBar::hidden(),
             bytes: 0,
+            sent: 0,
             started: Instant::now(),
             enabled,
             shown: false,
@@ -56,6 +59,36 @@ impl Progress {
                 HumanCount(rate)
             ));
         }
+    }
+
+    /// `n` more messages went to the daemon (not yet confirmed stored).
+    pub fn sent(&mut self, n: u64) {
+        self.sent += n;
+    }
+
+    /// What an interrupted stream got done (`wait`: stored means stored
+    /// by the peer too, once all are confirmed).
+    pub fn summary(&self, wait: bool) -> String {
+        let stored = self.bar.position();
+        let pending = self.sent.saturating_sub(stored);
+        let stored_text = if wait {
+            "stored in the outbox"
+        } else {
+            "stored"
+        };
+        let mut s = format!(
+            "interrupted: {} {} {stored_text}",
+            HumanCount(stored),
+            if stored == 1 { "message" } else { "messages" }
+        );
+        if pending > 0 {
+            s.push_str(&format!(
+                ", {} more sent and not yet confirmed (they may be stored too)",
+                HumanCount(pending)
+            ));
+        }
+        s.push_str("; the rest of the input was not sent");
+        s
     }
 
     /// The stream ended (or failed): clear the line.

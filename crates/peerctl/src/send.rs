@@ -32,7 +32,8 @@ const BATCH_MESSAGES: usize = 65_536;
 pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
     let client = Client::connect(target).await?;
     let max_message = client.max_message;
-    let from_stdin = args.messages.is_empty() || args.messages == ["-"];
+    let from_stdin =
+        args.messages.is_empty() || (args.messages.len() == 1 && args.messages[0] == "-");
     if !from_stdin && args.messages.iter().any(|m| m == "-") {
         return Err(CtlError::Usage(
             "`-` (stdin) cannot be mixed with message arguments".into(),
@@ -77,7 +78,7 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
                 .await
                 .map_err(|e| e.explained(&instance))
         } else {
-            for batch in batches(args.messages.into_iter().map(String::into_bytes)) {
+            for batch in batches(args.messages.into_iter().map(os_bytes)) {
                 if tx.send(batch).await.is_err() {
                     break;
                 }
@@ -87,10 +88,24 @@ pub async fn run(target: &Target, args: SendArgs) -> Result<(), CtlError> {
     };
     let wait = args.wait;
     let to = args.to;
+    // Ends when the stream does: an error or Ctrl-C must not wait for a
+    // read of stdin that may never end.
     let work = async {
-        let (read, sent) = tokio::join!(producer, stream(client, rx, wait, to, progress));
-        read?;
-        sent
+        let sent = stream(client, rx, wait, to, progress);
+        tokio::pin!(producer, sent);
+        let mut read = None;
+        loop {
+            tokio::select! {
+                r = &mut producer, if read.is_none() => read = Some(r),
+                s = &mut sent => {
+                    s?;
+                    return match read {
+                        Some(r) => r,
+                        None => (&mut producer).await,
+                    };
+                }
+            }
+        }
     };
     match args.timeout.filter(|_| wait) {
         Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
@@ -112,9 +127,13 @@ async fn stream(
     to: Vec<String>,
     mut progress: Progress,
 ) -> Result<(), CtlError> {
-    let r = pipeline(client, rx, wait, &to, &mut progress).await;
+    // Ctrl-C: stop, clear the progress line and say how far it got.
+    let r = tokio::select! {
+        r = pipeline(client, rx, wait, &to, &mut progress) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     progress.finish();
-    r
+    r.unwrap_or_else(|| Err(CtlError::Interrupted(progress.summary(wait))))
 }
 
 async fn pipeline(
@@ -138,6 +157,7 @@ async fn pipeline(
                     let bytes = bodies.iter().map(|b| b.len() as u64).sum();
                     let n = bodies.len() as u64;
                     client.send(&Request::Send { bodies, wait, to: to.to_vec() }).await?;
+                    progress.sent(n);
                     outstanding.push_back((n, bytes, false));
                 }
                 None => input_done = true,
@@ -164,6 +184,19 @@ async fn pipeline(
                 other => return Err(CtlError::Protocol(format!("answered a send with {other:?}"))),
             },
         }
+    }
+}
+
+/// The bytes of an argument, as given (invalid UTF-8 included, as from
+/// stdin; off Unix, where arguments are UTF-16, lossily).
+fn os_bytes(arg: std::ffi::OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStringExt::into_vec(arg)
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
     }
 }
 

@@ -28,18 +28,8 @@ use crate::error::{CtlError, EXIT_DOWN, EXIT_LOST, EXIT_OK};
 pub const JSON_SCHEMA: u32 = 1;
 
 /// Print the status; the exit code says whether every link is up.
-pub async fn run(target: &Target, args: StatusArgs) -> Result<u8, CtlError> {
-    let mut client = Client::connect(target).await?;
-    client.send(&Request::Status).await?;
-    let status = match client.recv().await? {
-        Response::Status(s) => s,
-        Response::Error { kind, message } => return Err(CtlError::Daemon { kind, message }),
-        other => {
-            return Err(CtlError::Protocol(format!(
-                "answered status with {other:?}"
-            )));
-        }
-    };
+pub async fn run(target: &Target, args: &StatusArgs) -> Result<u8, CtlError> {
+    let status = fetch(target).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&StatusJson::from(&*status))
             .map_err(|e| CtlError::Protocol(e.to_string()))?;
@@ -52,6 +42,59 @@ pub async fn run(target: &Target, args: StatusArgs) -> Result<u8, CtlError> {
         out.flush()?;
     }
     Ok(exit_code(&status))
+}
+
+/// `status` with no instance named and several running: each of them, in
+/// name order (a blank line between; `--json`: one array). One that
+/// cannot be reached is reported on stderr and the others still shown;
+/// the exit status is the highest of theirs.
+pub async fn run_several(all: &[Target], args: &StatusArgs) -> Result<u8, CtlError> {
+    let mut code = EXIT_OK;
+    let mut json = Vec::new();
+    let mut first = true;
+    for target in all {
+        let status = match fetch(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("peerctl: {e}");
+                code = code.max(e.exit_code());
+                continue;
+            }
+        };
+        code = code.max(exit_code(&status));
+        if args.json {
+            json.push(StatusJson::from(&*status));
+            continue;
+        }
+        let mut out = anstream::stdout().lock();
+        if !first {
+            writeln!(out)?;
+        }
+        first = false;
+        writeln!(out, "{}", render(&status))?;
+        out.flush()?;
+    }
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&json).map_err(|e| CtlError::Protocol(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()?;
+    }
+    Ok(code)
+}
+
+/// Ask one daemon for its status.
+async fn fetch(target: &Target) -> Result<Box<Status>, CtlError> {
+    let mut client = Client::connect(target).await?;
+    client.send(&Request::Status).await?;
+    match client.recv().await? {
+        Response::Status(s) => Ok(s),
+        Response::Error { kind, message } => Err(CtlError::Daemon { kind, message }),
+        other => Err(CtlError::Protocol(format!(
+            "answered status with {other:?}"
+        ))),
+    }
 }
 
 /// 0 when every link is up; [`EXIT_LOST`] when messages were lost since
@@ -346,10 +389,11 @@ pub fn render(s: &Status) -> String {
     if let Some(h) = &s.http_listen {
         daemon.add("http", format!("{h} (/metrics; peerctl console)"));
     }
+    // Both are on disk; `fsync = "never"` only skips the syncs.
     let store = if s.journal.durable {
         format!("durable in {}", s.state_dir)
     } else {
-        "in memory".to_string()
+        format!("in {}, not synced (fsync = \"never\")", s.state_dir)
     };
     let inbox = if s.journal.inbox_first >= s.journal.inbox_next {
         format!("inbox empty (next {})", s.journal.inbox_next)
@@ -490,9 +534,15 @@ fn peer_block(p: &PeerStatus, now: u64) -> (String, Block) {
         );
     }
     if let Some(e) = &p.last_error {
+        // An error older than the live session is history: say so, or it
+        // reads as a problem with the link that is up.
+        let before = match (p.state, p.last_error_ms, p.connected_since_ms) {
+            (LinkState::Connected, Some(t), Some(up)) if t <= up => ", before this session",
+            _ => "",
+        };
         let when = p
             .last_error_ms
-            .map(|t| format!(" ({})", ago(now, t)))
+            .map(|t| format!(" ({}{before})", ago(now, t)))
             .unwrap_or_default();
         b.add("last error", format!("{BAD}{e}{BAD:#}{when}"));
     }
@@ -583,6 +633,34 @@ mod tests {
         assert_eq!(starts.len(), 11);
         assert!(plain.contains("  acked:      0 msgs\n"), "{plain}");
         assert!(starts.windows(2).all(|w| w[0] == w[1]), "{plain}");
+    }
+
+    #[test]
+    fn journal_and_old_errors_are_labelled_for_what_they_are() {
+        let plain = |s: &Status| anstream::adapter::strip_str(&render(s)).to_string();
+        let mut s = sample();
+        assert!(
+            plain(&s)
+                .contains("  journal:    in /var/lib/peerd/a, not synced (fsync = \"never\"), "),
+            "{}",
+            plain(&s)
+        );
+        s.journal.durable = true;
+        assert!(plain(&s).contains("  journal:    durable in /var/lib/peerd/a, epoch "));
+        // connected after the error: it is history
+        s.peers[0].state = LinkState::Connected;
+        s.peers[0].connected_since_ms = Some(1_000 + 3_722_500);
+        assert!(
+            plain(&s).contains("  last error: connection refused (1s ago, before this session)"),
+            "{}",
+            plain(&s)
+        );
+        // an error during the session is not
+        s.peers[0].connected_since_ms = Some(1_000 + 3_721_000);
+        assert!(
+            plain(&s).contains("  last error: connection refused (1s ago)\n")
+                || plain(&s).ends_with("  last error: connection refused (1s ago)")
+        );
     }
 
     #[test]

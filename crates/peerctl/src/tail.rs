@@ -11,7 +11,7 @@
 //! millisecond (its date part within one day), and the buffers are reused,
 //! so nothing is allocated per line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
 
@@ -47,10 +47,14 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
         Format::Text
     };
     let mut printer = Printer::new(format);
+    // On a terminal, an empty answer is said out loud (never in a pipe).
+    let mut shown = 0usize;
+    let mut said_empty = !stdout.is_terminal();
     loop {
         let frame = client.recv_frame().await?;
         if let Some(entries) = entries_view(&frame) {
             let entries = entries.map_err(|e| CtlError::Protocol(e.to_string()))?;
+            shown += entries.len();
             let mut out = stdout.lock();
             for e in &entries {
                 printer.push(e);
@@ -66,6 +70,7 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
             codec::decode(&frame).map_err(|e| CtlError::Protocol(e.to_string()))?;
         match response {
             Response::Entries(entries) => {
+                shown += entries.len();
                 // Only if the in-place reading above did not recognise it.
                 let mut out = stdout.lock();
                 for e in &entries {
@@ -80,6 +85,27 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CtlError> {
                      continuing at {resume_at}",
                     resume_at.saturating_sub(1)
                 );
+            }
+            Response::CaughtUp { .. } if shown == 0 && !said_empty => {
+                said_empty = true;
+                let what = match args.from {
+                    _ if args.from_peer.is_some() && args.lines > 0 => format!(
+                        "no messages from {} in the inbox",
+                        args.from_peer.as_deref().unwrap_or_default()
+                    ),
+                    Some(seq) => format!("no messages from {seq} on"),
+                    None if args.lines > 0 => "the inbox is empty".to_string(),
+                    None => "none of the old messages shown (-n 0)".to_string(),
+                };
+                let more = if args.follow {
+                    "; waiting for new ones (Ctrl-C stops)"
+                } else {
+                    ""
+                };
+                eprintln!("peerctl: {what}{more}");
+                if !args.follow {
+                    return Ok(());
+                }
             }
             Response::CaughtUp { .. } if !args.follow => return Ok(()),
             Response::CaughtUp { .. } => {}

@@ -67,12 +67,28 @@ pub async fn run(
     crate::service::reload_on_sighup(asks_tx.clone())?;
     let cfg = Arc::new(cfg);
     let tls = Arc::new(Tls::load(&cfg)?);
-    let tcp = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: cfg.listen.to_string(),
-            source,
-        })?;
+    let tcp = match TcpListener::bind(cfg.listen).await {
+        Ok(tcp) => tcp,
+        // The same words as a second daemon on the same socket gets, when
+        // that is what holds the port.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrInUse
+                && peerlink::endpoint::connect(&paths.socket).await.is_ok() =>
+        {
+            return Err(peerlink::endpoint::BindError::InUse(format!(
+                "{} (it holds {} too)",
+                paths.socket.display(),
+                cfg.listen
+            ))
+            .into());
+        }
+        Err(source) => {
+            return Err(Error::Listen {
+                addr: cfg.listen.to_string(),
+                source,
+            });
+        }
+    };
     let listen = tcp.local_addr()?;
     let http = match cfg.http_listen {
         Some(addr) => Some(

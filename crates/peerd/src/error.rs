@@ -11,7 +11,14 @@ pub enum Error {
     Config { path: String, message: String },
     #[error("{0}")]
     Usage(String),
-    #[error("cannot listen on {addr}")]
+    #[error(
+        "cannot listen on {addr}{}",
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ": another program holds that port (perhaps another peerd; `ss -ltnp` says which); change `listen` or stop it"
+        } else {
+            ""
+        }
+    )]
     Listen {
         addr: String,
         source: std::io::Error,

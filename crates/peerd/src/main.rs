@@ -14,7 +14,7 @@ use peerlink::paths::{self, Env};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -53,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return journal(cmd);
     }
     let Some(instance) = cli.instance.as_deref() else {
+        // main checked this already (a usage error, exit 2)
         anyhow::bail!("which instance? e.g. `peerd a` (see `peerd --help`)");
     };
     let cfg = Config::load(instance, cli.config.as_deref())?;
@@ -107,6 +108,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         d.finish(&result);
     }
     result
+}
+
+/// The command line, with usage errors (exit 2) that say what was meant:
+/// an instance is required unless a subcommand is given, and a second
+/// word after the instance is an extra argument, not a subcommand.
+fn parse() -> Cli {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ErrorKind};
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::ArgumentConflict => {
+            let extra = e
+                .get(ContextKind::InvalidSubcommand)
+                .or_else(|| e.get(ContextKind::InvalidArg))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            Cli::command()
+                .error(
+                    ErrorKind::UnknownArgument,
+                    format!(
+                        "unexpected argument '{extra}': `peerd` takes one instance name (`peerd a`); \
+                         a subcommand comes first (`peerd check-config a`)"
+                    ),
+                )
+                .exit()
+        }
+        Err(e) => e.exit(),
+    };
+    if cli.instance.is_none() && cli.command.is_none() {
+        Cli::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "which instance? e.g. `peerd a` (a and b need no config file)",
+            )
+            .exit()
+    }
+    cli
 }
 
 /// `peerd journal verify|repair`.

@@ -179,11 +179,7 @@ pub fn search_bases(env: &Env) -> Vec<PathBuf> {
 /// that, this user's own path ([`socket_path`]), which does not exist.
 pub fn locate_socket(instance: &str, explicit: Option<&Path>, env: &Env) -> (PathBuf, Probe) {
     let own = socket_path(instance, explicit, env);
-    if explicit.is_some()
-        || cfg!(windows)
-        || env.get("PEERD_SOCKET").is_some()
-        || env.get("RUNTIME_DIRECTORY").is_some()
-    {
+    if explicit.is_some() || cfg!(windows) || explicit_socket(env) {
         let found = probe(&own);
         return (own, found);
     }
@@ -200,6 +196,13 @@ pub fn locate_socket(instance: &str, explicit: Option<&Path>, env: &Env) -> (Pat
         Some(p) => (p, Probe::Denied),
         None => (own, Probe::Absent),
     }
+}
+
+/// Whether the environment names the control socket itself
+/// (`$PEERD_SOCKET`, or `$RUNTIME_DIRECTORY` under a service manager), so
+/// no search applies.
+pub fn explicit_socket(env: &Env) -> bool {
+    env.get("PEERD_SOCKET").is_some() || env.get("RUNTIME_DIRECTORY").is_some()
 }
 
 /// An instance seen under one of the [`search_bases`].

@@ -29,7 +29,7 @@ pub fn man(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     for cmd in commands() {
         let mut cmd = cmd.disable_help_subcommand(true);
         cmd.build();
-        man_pages(cmd, dir)?;
+        man_pages(cmd, dir, None)?;
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -39,19 +39,19 @@ pub fn man(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The page of `cmd` and of each of its subcommands.
-fn man_pages(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
+/// The page of `cmd` and of each of its subcommands. `inherited` is the
+/// parent's `after_long_help`: a subcommand's page carries the same FILES,
+/// ENVIRONMENT and EXIT STATUS, so each page stands alone.
+fn man_pages(cmd: clap::Command, dir: &Path, inherited: Option<&str>) -> anyhow::Result<()> {
+    let own = cmd.get_after_long_help().map(|a| a.to_string());
+    let more = own.as_deref().or(inherited);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        man_pages(sub.clone(), dir)?;
+        man_pages(sub.clone(), dir, more)?;
     }
     let page = clap_mangen::Man::new(cmd.clone());
-    let Some(after) = cmd.get_after_help().map(|a| a.to_string()) else {
-        page.generate_to(dir)?;
-        return Ok(());
-    };
-    // clap_mangen puts `after_help` under "EXTRA" as running text, which
-    // man reflows into one paragraph. Ours is a table ("Exit status:" then
-    // `  CODE  MEANING` lines): render it as a proper section instead.
+    // clap_mangen would put the help's trailer under "EXTRA" as running
+    // text. Ours is `Title:` blocks (tables and paragraphs): each becomes
+    // a proper section.
     let mut out = Vec::new();
     page.render_title(&mut out)?;
     page.render_name_section(&mut out)?;
@@ -61,23 +61,42 @@ fn man_pages(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
     if cmd.has_subcommands() {
         page.render_subcommands_section(&mut out)?;
     }
-    out.extend_from_slice(table_section(&after).as_bytes());
-    page.render_version_section(&mut out)?;
+    if let Some(more) = more {
+        out.extend_from_slice(sections(more).as_bytes());
+    }
+    if cmd.get_version().is_some() || cmd.get_long_version().is_some() {
+        page.render_version_section(&mut out)?;
+    }
     std::fs::write(dir.join(page.get_filename()), out)?;
     Ok(())
 }
 
-/// `Title:` followed by `  TAG  TEXT` lines, as a roff section of tagged
-/// paragraphs.
-fn table_section(text: &str) -> String {
-    let mut lines = text.lines();
-    let title = lines.next().unwrap_or("NOTES").trim_end_matches(':');
-    let mut out = format!(".SH \"{}\"\n", title.to_uppercase());
-    for line in lines {
-        let line = line.trim();
-        let (tag, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        out.push_str(&format!(".TP\n{}\n{}\n", roff(tag), roff(rest.trim())));
+/// `Title:` blocks as roff sections: `  TAG  TEXT` lines (two spaces after
+/// the tag) become tagged paragraphs, other indented lines one paragraph.
+fn sections(text: &str) -> String {
+    let mut out = String::new();
+    let mut para: Vec<&str> = Vec::new();
+    let flush = |para: &mut Vec<&str>, out: &mut String| {
+        if !para.is_empty() {
+            out.push_str(&format!(".PP\n{}\n", roff(&para.join(" "))));
+            para.clear();
+        }
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            flush(&mut para, &mut out);
+        } else if !line.starts_with(' ') {
+            flush(&mut para, &mut out);
+            let title = line.trim().trim_end_matches(':').to_uppercase();
+            out.push_str(&format!(".SH \"{title}\"\n"));
+        } else if let Some((tag, rest)) = line.trim().split_once("  ") {
+            flush(&mut para, &mut out);
+            out.push_str(&format!(".TP\n{}\n{}\n", roff(tag), roff(rest.trim())));
+        } else {
+            para.push(line.trim());
+        }
     }
+    flush(&mut para, &mut out);
     out
 }
 
@@ -144,6 +163,25 @@ mod tests {
         assert!(send.contains("\\-\\-null"), "{send}");
         let peerd = std::fs::read_to_string(dir.path().join("peerd.1")).unwrap();
         assert!(peerd.contains("\\-\\-state\\-dir"), "{peerd}");
+        // Pages stand alone: the sections are there, defaults spelled out,
+        // nothing points at a README that is not installed.
+        for section in ["FILES", "ENVIRONMENT", "SIGNALS", "EXIT STATUS"] {
+            assert!(
+                peerd.contains(&format!(".SH \"{section}\"")),
+                "{section}: {peerd}"
+            );
+        }
+        assert!(peerd.contains("/var/lib/peerd/<instance>"), "{peerd}");
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(
+                !text.contains("README"),
+                "{} mentions the README",
+                f.display()
+            );
+            assert!(text.contains(".SH \"EXIT STATUS\""), "{}", f.display());
+        }
+        assert!(send.contains(".SH \"WHICH INSTANCE\"") && send.contains(".SH \"ENVIRONMENT\""));
     }
 
     #[test]
