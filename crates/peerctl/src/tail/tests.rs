@@ -2,6 +2,9 @@
 //! here verbatim): every byte value, every short invalid UTF-8 sequence
 //! and random entries must come out byte for byte the same, in all three
 //! formats, whatever order the times come in.
+//!
+//! Test code only: `tail.rs` includes this file as `#[cfg(test)] mod tests;`,
+//! so its `unwrap`s never reach `peerctl`.
 
 use proptest::prelude::*;
 
