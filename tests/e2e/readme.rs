@@ -129,6 +129,9 @@ impl Normalizer {
                     r#""direction": "(inbound|outbound)""#,
                     "\"direction\": \"<DIR>\"",
                 ),
+                // the journal's timing histograms in `status --json`
+                r(r"^(\s*)\d+(,?)$", "$1<N>$2"),
+                r(r#""(sum|count)": \d+"#, "\"$1\": <N>"),
                 r(r"[ \t]+$", ""),
             ],
         }
