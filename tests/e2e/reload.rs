@@ -409,3 +409,54 @@ fn a_renewed_certificate_is_used_by_new_sessions_after_reload() {
         b.bodies().contains(&"still flowing".to_string())
     });
 }
+
+#[test]
+fn a_reload_changes_the_journal_limits_and_a_live_sessions_timers() {
+    let sb = Sandbox::new();
+    let (pa, pb) = (free_port(), free_port());
+    let slow = "heartbeat = \"30s\"\ndead_after = \"60s\"\nhandshake_timeout = \"2s\"\n\
+                backoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n";
+    let a_text =
+        |timers: &str, extra: &str| Sandbox::config_timers("a", pa, &[("b", pb)], timers, extra);
+    let a = sb.spec("a", &a_text(slow, "outbox_limit = { messages = 1000 }"));
+    let b = sb.spec(
+        "b",
+        &Sandbox::config_timers("b", pb, &[("a", pa)], slow, ""),
+    );
+    let a = Daemon::start(&a);
+    let b = Daemon::start(&b);
+    a.wait_connected("b");
+    b.wait_connected("a");
+    let before = session(&a, "b");
+    // With a 30 s heartbeat the RTT is measured once, at the start.
+    let rtt = a.peer("b")["rtt_us"].clone();
+    let fast = "heartbeat = \"100ms\"\ndead_after = \"60s\"\nhandshake_timeout = \"2s\"\n\
+                backoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n";
+    std::fs::write(
+        &a.spec.config,
+        a_text(fast, "outbox_limit = { messages = 3 }"),
+    )
+    .expect("a's config");
+    let (code, text) = reload(&a.spec);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("outbox_limit") && text.contains("heartbeat 30s -> 100ms"),
+        "{text}"
+    );
+    // The live session pings at the new rate: its RTT is measured again.
+    a.wait(LONG, "a measures the RTT again", |a| {
+        a.peer("b")["rtt_us"] != rtt
+    });
+    assert_eq!(session(&a, "b"), before, "the same session");
+    assert_eq!(reconnects(&a, "b"), 0);
+    // The new limit applies to what comes next: b down, 3 fit, a 4th not.
+    drop(b);
+    a.wait(LONG, "a sees b down", |a| {
+        a.peer("b")["state"] != "connected"
+    });
+    a.send(&["one", "two", "three"]);
+    let out = a.spec.ctl(&["send", "four"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("outbox full for b: 3 messages"), "{err}");
+}

@@ -322,6 +322,12 @@ impl Running {
     fn apply(&mut self, cfg: Arc<Config>, tls: Arc<Tls>) {
         self.journal
             .set_peers(cfg.peers.iter().map(|p| p.name.clone()).collect());
+        self.journal.set_limits(crate::journal::Limits {
+            outbox_bytes: cfg.outbox_limit_bytes,
+            outbox_messages: cfg.outbox_limit_messages,
+            retention_bytes: cfg.inbox_retention_bytes,
+            retention_age: cfg.inbox_retention_age,
+        });
         let removed: Vec<String> = self
             .links
             .keys()

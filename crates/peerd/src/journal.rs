@@ -113,6 +113,27 @@ pub struct Options {
     pub segment_bytes: u64,
 }
 
+/// The limits a reload may change: each peer's `outbox_limit`, and
+/// `inbox_retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub outbox_bytes: u64,
+    pub outbox_messages: u64,
+    pub retention_bytes: u64,
+    pub retention_age: Option<Duration>,
+}
+
+impl Limits {
+    fn of(opts: &Options) -> Limits {
+        Limits {
+            outbox_bytes: opts.outbox_limit_bytes,
+            outbox_messages: opts.outbox_limit_messages,
+            retention_bytes: opts.inbox_retention_bytes,
+            retention_age: opts.inbox_retention_age,
+        }
+    }
+}
+
 /// A cheap handle to the journal; clone it freely.
 #[derive(Clone)]
 pub struct Journal {
@@ -162,6 +183,8 @@ struct State {
     floor: u64,
     /// The configured peers (changed by a reload).
     members: Vec<String>,
+    /// `outbox_limit` and `inbox_retention` (changed by a reload).
+    limits: Limits,
     /// Each peer's queue (see `queues`).
     queues: HashMap<String, queues::PeerQueue>,
     /// The outbox holds (or held since it opened) addressed records, so
@@ -478,6 +501,13 @@ impl Journal {
     /// The configured peers.
     pub fn members(&self) -> Vec<String> {
         self.lock().members.clone()
+    }
+
+    /// Change the limits (a reload): sends are checked against the new
+    /// `outbox_limit` at once (what is queued stays queued), and the next
+    /// housekeeping trims the inbox by the new retention.
+    pub fn set_limits(&self, limits: Limits) {
+        self.lock().limits = limits;
     }
 
     /// Change the configured peers (a reload). A peer new to the journal

@@ -358,7 +358,7 @@ impl Link {
             key: est.key,
         });
         let ctx = session::Session {
-            cfg: current.cfg.clone(),
+            settings: self.settings.clone(),
             peer: self.name.clone(),
             journal: self.journal.clone(),
             board: self.board.clone(),

@@ -7,18 +7,18 @@
 //!
 //! - **refused whole**, old config kept: a config with an error (the same
 //!   checks as at start), or one that changes what only a restart can
-//!   change: `node`, `listen` (the bound socket), and the journal's
-//!   settings (`fsync`, `outbox_limit`, `inbox_retention`). The state
+//!   change: `node`, `listen` (the bound socket), `fsync` and
+//!   `http_listen`. The state
 //!   directory and the control socket come from the command line and the
 //!   environment, never from the file, so a reload cannot move them.
 //! - **applied live**, each part only where it matters: a peer added gets
 //!   a link task, a peer removed loses its own (its session closes with
 //!   "going away"); a changed peer URL is dialled next time. Timers and
-//!   limits reach the link tasks and the listener at once (backoff,
-//!   handshake timeout, pending handshakes, `max_message` of control
-//!   requests) and every session started afterwards (heartbeat,
-//!   `dead_after`, `max_message` stated in the Hello); a live session keeps
-//!   the ones it started with. Secrets and TLS files are used by every
+//!   limits reach the link tasks, the listener and the journal at once
+//!   (backoff, handshake timeout, pending handshakes, `max_message` of
+//!   control requests, `outbox_limit`, `inbox_retention`) and the live
+//!   sessions too (`heartbeat`, `dead_after`); `max_message` is stated in
+//!   the Hello, so a session learns a new one when it next starts. Secrets and TLS files are used by every
 //!   handshake after the reload; live sessions keep running, except one
 //!   authenticated with a secret this node no longer holds: its link makes
 //!   a new session with a secret both hold (see `link`).
@@ -82,22 +82,6 @@ pub fn diff(old: &Config, new: &Config) -> Result<Vec<String>, String> {
         format!("{:?}", old.fsync),
         format!("{:?}", new.fsync),
     );
-    fixed(
-        "outbox_limit",
-        format!("{}B/{}", old.outbox_limit_bytes, old.outbox_limit_messages),
-        format!("{}B/{}", new.outbox_limit_bytes, new.outbox_limit_messages),
-    );
-    fixed(
-        "inbox_retention",
-        format!(
-            "{:?}/{}B",
-            old.inbox_retention_age, old.inbox_retention_bytes
-        ),
-        format!(
-            "{:?}/{}B",
-            new.inbox_retention_age, new.inbox_retention_bytes
-        ),
-    );
     if !refused.is_empty() {
         return Err(format!(
             "cannot change live: {} (restart to apply: systemctl restart peerd@{})",
@@ -127,6 +111,22 @@ pub fn diff(old: &Config, new: &Config) -> Result<Vec<String>, String> {
         }
     };
     live("path", old.path.clone(), new.path.clone());
+    live(
+        "outbox_limit",
+        format!("{}B/{}", old.outbox_limit_bytes, old.outbox_limit_messages),
+        format!("{}B/{}", new.outbox_limit_bytes, new.outbox_limit_messages),
+    );
+    live(
+        "inbox_retention",
+        format!(
+            "{:?}/{}B",
+            old.inbox_retention_age, old.inbox_retention_bytes
+        ),
+        format!(
+            "{:?}/{}B",
+            new.inbox_retention_age, new.inbox_retention_bytes
+        ),
+    );
     live("heartbeat", d(old.heartbeat), d(new.heartbeat));
     live("dead_after", d(old.dead_after), d(new.dead_after));
     live(
@@ -282,11 +282,20 @@ mod tests {
             ),
             ("node = \"z\"", "node a -> z"),
             ("fsync = \"never\"", "fsync"),
-            ("outbox_limit = { messages = 5 }", "outbox_limit"),
-            ("inbox_retention = { bytes = \"1MiB\" }", "inbox_retention"),
         ] {
             let e = diff(&old, &cfg(&format!("heartbeat = \"1s\"\n{text}"))).unwrap_err();
             assert!(e.contains(needle) && e.contains("restart"), "{text}: {e}");
+        }
+        // The journal's limits change live.
+        for (text, needle) in [
+            ("outbox_limit = { messages = 5 }", "outbox_limit"),
+            ("inbox_retention = { bytes = \"1MiB\" }", "inbox_retention"),
+        ] {
+            let changes = diff(&old, &cfg(&format!("heartbeat = \"1s\"\n{text}"))).unwrap();
+            assert!(
+                changes.iter().any(|c| c.starts_with(needle)),
+                "{text}: {changes:?}"
+            );
         }
     }
 

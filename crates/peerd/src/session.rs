@@ -28,9 +28,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::config::Config;
 use crate::handshake::Established;
 use crate::journal::{Cursor, Journal, JournalError, Log};
+use crate::reload::Settings;
 use crate::status::PeerBoard;
 use crate::transport::{Liveness, Ws};
 use crate::wire::{
@@ -82,7 +82,9 @@ pub struct Ended {
 
 /// What a session runs with.
 pub struct Session {
-    pub cfg: Arc<Config>,
+    /// The settings of the moment: a reload's `heartbeat` and
+    /// `dead_after` reach a live session.
+    pub settings: Settings,
     pub peer: String,
     pub journal: Journal,
     pub board: PeerBoard,
@@ -164,8 +166,8 @@ impl Session {
         acked: watch::Sender<u64>,
         duplicate: &AtomicBool,
     ) -> Result<(), String> {
-        let dead_after = self.cfg.dead_after;
         loop {
+            let dead_after = self.timers().1;
             // Alive while bytes arrive (see `transport::Liveness`), whole
             // messages or not.
             let next = loop {
@@ -309,7 +311,11 @@ impl Session {
         mut close: oneshot::Receiver<CloseReason>,
         mut failed: oneshot::Receiver<String>,
     ) -> Result<String, String> {
-        let mut ping = tokio::time::interval(self.cfg.heartbeat);
+        let mut heartbeat = self.timers().0;
+        let mut ping = tokio::time::interval(heartbeat);
+        // A reload wakes the loop, which then takes the new heartbeat.
+        let mut settings = self.settings.clone();
+        settings.borrow_and_update();
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let my_epoch = self.journal.epoch();
         let batch_bytes = BATCH_TARGET.min(peer_max_frame - FRAME_OVERHEAD);
@@ -345,6 +351,11 @@ impl Session {
                     return close_session(&mut sink, CloseReason::GoingAway).await;
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            if self.timers().0 != heartbeat {
+                heartbeat = self.timers().0;
+                ping = tokio::time::interval(heartbeat);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
             let acked_to = *acked.borrow_and_update();
             while in_flight.front().is_some_and(|(last, _)| *last < acked_to) {
@@ -448,6 +459,7 @@ impl Session {
                     send(&mut sink, &PeerFrame::Ack { epoch: peer_epoch, next }).await?;
                 }
                 Ok(()) = acked.changed() => {}
+                Ok(()) = settings.changed() => {}
                 true = reader.wait(), if window_open => {}
                 _ = ping.tick() => {
                     let stamp = now_us().to_be_bytes();
@@ -498,6 +510,13 @@ pub fn resume(my_epoch: u64, expects: (u64, u64), acked: u64, first: u64) -> Res
 }
 
 impl Session {
+    /// `heartbeat` and `dead_after` as they are now (a reload may have
+    /// changed them).
+    fn timers(&self) -> (Duration, Duration) {
+        let cur = self.settings.borrow();
+        (cur.cfg.heartbeat, cur.cfg.dead_after)
+    }
+
     /// Tell the peer our records `from..next` are gone (`why`), log it and
     /// count it (once, whichever session tells it).
     async fn report_lost(

@@ -255,6 +255,7 @@ pub(super) fn recover(opts: Options) -> Result<(Arc<Shared>, Writer), JournalErr
         inbox_first_pos: 0,
         floor,
         members: opts.peers.clone(),
+        limits: super::Limits::of(&opts),
         queues,
         addressed,
         outbox_reserved: file.outbox_reserved,
@@ -459,14 +460,17 @@ impl Writer {
             }
             return;
         }
-        let shared = self.shared.clone();
-        let opts = &shared.opts;
         // The queues as last counted: a count not settled since acks came
         // is too high, never too low, so it is settled (which may read the
         // disk) only when a limit seems reached, off the common path.
-        let (members, mut qs, mut recv) = {
+        let (members, limits, mut qs, mut recv) = {
             let st = lock(&self.shared);
-            (st.members.clone(), st.queues.clone(), st.peers.clone())
+            (
+                st.members.clone(),
+                st.limits,
+                st.queues.clone(),
+                st.peers.clone(),
+            )
         };
         let mut qs0 = qs.clone();
         let mut addressed = false;
@@ -500,8 +504,7 @@ impl Writer {
                         .map(|b| queues::disk_bytes(8 + to_len + b.len()))
                         .sum();
                     let over = |q: queues::PeerQueue| {
-                        q.msgs + n > opts.outbox_limit_messages
-                            || q.bytes + bytes > opts.outbox_limit_bytes
+                        q.msgs + n > limits.outbox_messages || q.bytes + bytes > limits.outbox_bytes
                     };
                     let mut full = None;
                     for p in &dests {
@@ -927,7 +930,7 @@ impl Writer {
             }
             None => "now".into(),
         };
-        let opts = &self.shared.opts;
+        let limits = lock(&self.shared).limits;
         let e = JournalError::OutboxFull {
             peer: peer.to_string(),
             queued_msgs: q.msgs,
@@ -935,7 +938,7 @@ impl Writer {
             since,
             limit: format!(
                 "{} messages / {} bytes",
-                opts.outbox_limit_messages, opts.outbox_limit_bytes
+                limits.outbox_messages, limits.outbox_bytes
             ),
         };
         let mut st = lock(&self.shared);
@@ -1010,9 +1013,9 @@ impl Writer {
 
     /// Move `inbox_first` past what retention (age, bytes) no longer keeps.
     fn trim_inbox(&mut self) -> Result<(), JournalError> {
-        let opts = &self.shared.opts;
-        let cutoff = opts
-            .inbox_retention_age
+        let limits = lock(&self.shared).limits;
+        let cutoff = limits
+            .retention_age
             .map(|a| peerlink::now_ms().saturating_sub(a.as_millis() as u64));
         loop {
             let (first, first_pos, end, span) = {
@@ -1025,7 +1028,7 @@ impl Writer {
                     st.inbox.span(first),
                 )
             };
-            let too_big = end.saturating_sub(first_pos) > opts.inbox_retention_bytes;
+            let too_big = end.saturating_sub(first_pos) > limits.retention_bytes;
             let Some(span) = span.filter(|_| too_big || cutoff.is_some()) else {
                 return Ok(());
             };
@@ -1038,7 +1041,7 @@ impl Writer {
             let (mut new_first, mut new_pos, mut done) = (first, first_pos, recs.is_empty());
             for r in &recs {
                 let received = records::get_inbox_meta(&r.data).map(|(m, _)| m.received_ms);
-                let too_big = end.saturating_sub(r.pos) > opts.inbox_retention_bytes;
+                let too_big = end.saturating_sub(r.pos) > limits.retention_bytes;
                 let too_old = matches!((cutoff, received), (Some(c), Some(t)) if t < c);
                 if !(too_big || too_old) {
                     done = true;
