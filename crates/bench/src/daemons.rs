@@ -236,3 +236,43 @@ pub fn message_file(dir: &Path, size: usize, n: u64) -> Result<PathBuf> {
     w.flush()?;
     Ok(path)
 }
+
+/// Microseconds since the Unix epoch: the stamp a latency probe carries.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Offer `total` 64-byte messages, each starting with its send time
+/// ([`now_us`]), to `peerctl send` on `node` at `rate` per second.
+pub fn paced_send(node: &Node, rate: f64, total: usize) -> Result<()> {
+    use std::io::Write;
+    let mut send = node.ctl_cmd().arg("send").stdin(Stdio::piped()).spawn()?;
+    let mut stdin = send.stdin.take().context("send stdin")?;
+    let start = Instant::now();
+    let per_ms = rate / 1000.0;
+    let mut written = 0usize;
+    while written < total {
+        let due = (start.elapsed().as_secs_f64() * 1000.0 * per_ms) as usize + 1;
+        let mut buf = Vec::new();
+        while written < due.min(total) {
+            let mut line = format!("{} ", now_us());
+            while line.len() < 64 {
+                line.push('x');
+            }
+            line.push('\n');
+            buf.extend_from_slice(line.as_bytes());
+            written += 1;
+        }
+        if !buf.is_empty() {
+            stdin.write_all(&buf)?;
+            stdin.flush()?;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    drop(stdin);
+    send.wait()?;
+    Ok(())
+}

@@ -16,7 +16,7 @@
 //!   down / up; then the down spoke comes back and its backlog (everything
 //!   the run queued for it) drains: the time it takes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::daemons::{Node, free_port, message_file};
+use crate::daemons::{Node, free_port, message_file, now_us};
 
 /// Sizes of one hub run.
 pub struct HubPlan {
@@ -251,13 +251,6 @@ fn fan_out(n: usize, plan: &HubPlan, extra: &str) -> Result<Value> {
     }))
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Offer `rate` 64-byte messages/s from the hub to every peer for
 /// `seconds`; `peerctl tail -f` on each of the `up` first spokes stamps
 /// arrivals. Returns p50, p99 and the number of arrivals.
@@ -311,36 +304,7 @@ fn latency(star: &Star, up: usize, rate: u64, seconds: u64) -> Result<(f64, f64,
         }
     }
     let total = (rate * seconds) as usize;
-    let mut send = star
-        .hub
-        .ctl_cmd()
-        .arg("send")
-        .stdin(Stdio::piped())
-        .spawn()?;
-    let mut stdin = send.stdin.take().context("send stdin")?;
-    let start = Instant::now();
-    let per_ms = rate as f64 / 1000.0;
-    let mut written = 0usize;
-    while written < total {
-        let due = (start.elapsed().as_secs_f64() * 1000.0 * per_ms) as usize + 1;
-        let mut buf = Vec::new();
-        while written < due.min(total) {
-            let mut line = format!("{} ", now_us());
-            while line.len() < 64 {
-                line.push('x');
-            }
-            line.push('\n');
-            buf.extend_from_slice(line.as_bytes());
-            written += 1;
-        }
-        if !buf.is_empty() {
-            stdin.write_all(&buf)?;
-            stdin.flush()?;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    drop(stdin);
-    send.wait()?;
+    crate::daemons::paced_send(&star.hub, rate as f64, total)?;
     let mut lat = Vec::with_capacity(total * up);
     while lat.len() < total * up {
         match rx.recv_timeout(Duration::from_secs(30)) {

@@ -22,14 +22,14 @@ mod daemons;
 mod hub;
 mod seen;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use daemons::{Pair, message_file};
+use daemons::{Pair, message_file, now_us};
 
 const RUNS: usize = 3;
 
@@ -520,13 +520,6 @@ fn throughput(size: usize, n: u64) -> Result<(f64, Value)> {
     Ok((n as f64 / elapsed.as_secs_f64(), mem))
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Offer `rate` 64-byte messages/s for `dur` through `peerctl send` on a;
 /// `peerctl tail -f` on b stamps arrivals. Returns p50/p99/p99.9 in ms.
 fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
@@ -568,31 +561,7 @@ fn latency(rate: u64, dur: Duration) -> Result<(f64, f64, f64, usize)> {
             bail!("tail -f on b never showed the probe");
         }
     }
-    let mut send = pair.a.ctl_cmd().arg("send").stdin(Stdio::piped()).spawn()?;
-    let mut stdin = send.stdin.take().context("send stdin")?;
-    let start = Instant::now();
-    let per_ms = rate as f64 / 1000.0;
-    let mut written = 0usize;
-    while written < total {
-        let due = ((start.elapsed().as_secs_f64() * 1000.0) * per_ms) as usize + 1;
-        let mut buf = Vec::new();
-        while written < due.min(total) {
-            let mut line = format!("{} ", now_us());
-            while line.len() < 64 {
-                line.push('x');
-            }
-            line.push('\n');
-            buf.extend_from_slice(line.as_bytes());
-            written += 1;
-        }
-        if !buf.is_empty() {
-            stdin.write_all(&buf)?;
-            stdin.flush()?;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    drop(stdin);
-    send.wait()?;
+    daemons::paced_send(&pair.a, rate as f64, total)?;
     let mut lat = Vec::with_capacity(total);
     while lat.len() < total {
         match rx.recv_timeout(Duration::from_secs(30)) {
