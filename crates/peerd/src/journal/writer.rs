@@ -572,27 +572,7 @@ impl Writer {
                     reply,
                 } => {
                     let p = recv.entry(origin.clone()).or_default();
-                    if p.recv_epoch != epoch {
-                        if p.recv_epoch != 0 {
-                            tracing::warn!(
-                                peer = %origin,
-                                old_epoch = format_args!("{:016x}", p.recv_epoch),
-                                new_epoch = format_args!("{epoch:016x}"),
-                                "peer started a new journal epoch (its journal was reset); \
-                                 starting over from its seq {from}"
-                            );
-                        }
-                        p.recv_epoch = epoch;
-                        p.recv_next = from;
-                    }
-                    if from > p.recv_next {
-                        // Never store past a hole: what is missing was
-                        // never stored here, so nothing may be acked beyond
-                        // it. The peer resends from recv_next.
-                        let e = JournalError::Gap {
-                            expected: p.recv_next,
-                            got: from,
-                        };
+                    if let Err(e) = follow(p, &origin, epoch, from) {
                         replies.push(Reply::Refused(reply, e));
                         continue;
                     }
@@ -664,20 +644,12 @@ impl Writer {
                     reply,
                 } => {
                     let p = recv.entry(origin.clone()).or_default();
-                    if p.recv_epoch != epoch {
-                        p.recv_epoch = epoch;
-                        p.recv_next = from;
+                    if let Err(e) = follow(p, &origin, epoch, from) {
+                        replies.push(Reply::Refused(reply, e));
+                        continue;
                     }
                     if next <= p.recv_next {
                         replies.push(Reply::Seq(reply, p.recv_next)); // told already
-                        continue;
-                    }
-                    if from > p.recv_next {
-                        let e = JournalError::Gap {
-                            expected: p.recv_next,
-                            got: from,
-                        };
-                        replies.push(Reply::Refused(reply, e));
                         continue;
                     }
                     let first = p.recv_next;
@@ -1097,6 +1069,34 @@ fn snapshot(st: &State, epoch: u64) -> StateFile {
         outbox_reserved: st.outbox_reserved,
         peer,
     }
+}
+
+/// A peer's stretch of records (or loss) from `from` of its `epoch`: take
+/// a new epoch (its journal was reset: start over where it starts), and
+/// refuse a stretch that does not start where we are. Never store past a
+/// hole: what is missing was never stored here, so nothing may be acked
+/// beyond it; the peer resends from `recv_next`.
+fn follow(p: &mut PeerState, origin: &str, epoch: u64, from: u64) -> Result<(), JournalError> {
+    if p.recv_epoch != epoch {
+        if p.recv_epoch != 0 {
+            tracing::warn!(
+                peer = %origin,
+                old_epoch = format_args!("{:016x}", p.recv_epoch),
+                new_epoch = format_args!("{epoch:016x}"),
+                "peer started a new journal epoch (its journal was reset); \
+                 starting over from its seq {from}"
+            );
+        }
+        p.recv_epoch = epoch;
+        p.recv_next = from;
+    }
+    if from > p.recv_next {
+        return Err(JournalError::Gap {
+            expected: p.recv_next,
+            got: from,
+        });
+    }
+    Ok(())
 }
 
 /// Answer a batch whose commit failed with `e`: everything in it, except
